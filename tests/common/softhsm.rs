@@ -1,0 +1,178 @@
+//! A private SoftHSM token per test.
+//!
+//! SoftHSM reads `SOFTHSM2_CONF` once per process, so every test in a test
+//! binary shares one token directory; each test gets its own token in it, with
+//! its own label. `scripts/test` exports a fresh `SOFTHSM2_CONF`; when a test
+//! binary runs without one (plain `cargo test`), the first fixture makes one.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use signet::keys::pin::SecretSource;
+use signet::keys::pkcs11::TokenSelector;
+use signet::keys::profile::Pkcs11Settings;
+
+pub const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+pub const PIN: &str = "test-user-pin-4711";
+pub const SO_PIN: &str = "test-so-pin-0815";
+
+static CONF: OnceLock<PathBuf> = OnceLock::new();
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// The process's SoftHSM configuration file, made on first use if the
+/// environment does not name one.
+pub fn conf() -> &'static Path {
+    CONF.get_or_init(|| {
+        if let Some(existing) = std::env::var_os("SOFTHSM2_CONF") {
+            return PathBuf::from(existing);
+        }
+        let dir = std::env::temp_dir().join(format!("signet-softhsm-{}", std::process::id()));
+        let tokens = dir.join("tokens");
+        std::fs::create_dir_all(&tokens).expect("create token dir");
+        let conf = dir.join("softhsm2.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+                tokens.display()
+            ),
+        )
+        .expect("write softhsm2.conf");
+        // SAFETY: set once, before any test in this process loads SoftHSM
+        // (the OnceLock runs this before the first token exists); the
+        // variable is only read by SoftHSM at C_Initialize.
+        unsafe { std::env::set_var("SOFTHSM2_CONF", &conf) };
+        conf
+    })
+}
+
+/// The token directory named by the process's configuration.
+pub fn token_dir() -> PathBuf {
+    let text = std::fs::read_to_string(conf()).expect("read softhsm2.conf");
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("directories.tokendir"))
+        .map(|v| PathBuf::from(v.trim().trim_start_matches('=').trim()))
+        .expect("tokendir in softhsm2.conf")
+}
+
+pub struct SoftHsm {
+    pub label: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl SoftHsm {
+    /// A fresh, empty token with a unique label.
+    pub fn new() -> SoftHsm {
+        let label = format!(
+            "t{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        init_token(&label, PIN);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pin = dir.path().join("pin");
+        std::fs::write(&pin, format!("{PIN}\n")).expect("write pin");
+        std::fs::set_permissions(&pin, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let profile = format!(
+            "backend = \"pkcs11\"\n[pkcs11]\nmodule = \"{MODULE}\"\ntoken_label = \"{label}\"\npin_file = \"{}\"\nworkers = 2\n[env]\nSOFTHSM2_CONF = \"{}\"\n",
+            pin.display(),
+            conf().display()
+        );
+        std::fs::write(dir.path().join("profile.toml"), profile).expect("write profile");
+        SoftHsm { label, dir }
+    }
+
+    pub fn pin_file(&self) -> PathBuf {
+        self.dir.path().join("pin")
+    }
+
+    pub fn profile_path(&self) -> PathBuf {
+        self.dir.path().join("profile.toml")
+    }
+
+    pub fn settings(&self) -> Pkcs11Settings {
+        Pkcs11Settings {
+            module: MODULE.into(),
+            token: TokenSelector::label(self.label.clone()),
+            pin: SecretSource::File(self.pin_file()),
+            workers: 2,
+        }
+    }
+
+    /// The token's serial as softhsm2-util reports it.
+    pub fn serial(&self) -> String {
+        let out = softhsm2_util(&["--show-slots"]);
+        let mut serial = None;
+        let mut last_serial = None;
+        for line in out.lines() {
+            let line = line.trim();
+            if let Some(s) = line.strip_prefix("Serial number:") {
+                last_serial = Some(s.trim().to_string());
+            }
+            if let Some(l) = line.strip_prefix("Label:")
+                && l.trim() == self.label
+            {
+                serial = last_serial.clone();
+            }
+        }
+        serial.expect("token serial")
+    }
+
+    /// The token's directory inside the token store (named by its serial-derived UUID).
+    pub fn token_store_dir(&self) -> PathBuf {
+        for entry in std::fs::read_dir(token_dir()).expect("read token dir") {
+            let path = entry.expect("dir entry").path();
+            let Ok(info) = std::fs::read(path.join("token.object")) else {
+                continue;
+            };
+            if info
+                .windows(self.label.len())
+                .any(|w| w == self.label.as_bytes())
+            {
+                return path;
+            }
+        }
+        panic!(
+            "token {} not found in {}",
+            self.label,
+            token_dir().display()
+        );
+    }
+
+    /// Deletes the token and makes a new, empty one with the same label and PIN,
+    /// as an officer re-initializing the slot would.
+    pub fn reinitialize(&self) {
+        softhsm2_util(&["--delete-token", "--token", &self.label]);
+        init_token(&self.label, PIN);
+    }
+}
+
+pub fn init_token(label: &str, pin: &str) {
+    softhsm2_util(&[
+        "--init-token",
+        "--free",
+        "--label",
+        label,
+        "--pin",
+        pin,
+        "--so-pin",
+        SO_PIN,
+    ]);
+}
+
+pub fn softhsm2_util(args: &[&str]) -> String {
+    let out = Command::new("softhsm2-util")
+        .args(args)
+        .env("SOFTHSM2_CONF", conf())
+        .output()
+        .expect("run softhsm2-util (apt-get install softhsm2)");
+    assert!(
+        out.status.success(),
+        "softhsm2-util {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -21,8 +21,14 @@ PINs are never given on the command line: a profile names a PIN file (mode 0600)
 or an environment variable."
 )]
 struct Cli {
-    /// Log filter for stderr (e.g. warn, info, signet=debug); RUST_LOG also works.
-    #[arg(long, global = true, default_value = "warn", env = "SIGNET_LOG")]
+    /// Log filter for stderr (e.g. info, signet=debug); RUST_LOG also works. The
+    /// default mutes tss_esapi, whose connection errors signet reports itself.
+    #[arg(
+        long,
+        global = true,
+        default_value = "warn,tss_esapi=off",
+        env = "SIGNET_LOG"
+    )]
     log: String,
     /// Log as JSON lines instead of text.
     #[arg(long, global = true)]
@@ -122,6 +128,12 @@ fn parse_format(s: &str) -> Result<ExportFormat, String> {
 }
 
 fn main() -> ExitCode {
+    // The TSS library logs to stderr by itself (connection refused and the
+    // like); signet reports those failures in its own words, once.
+    if std::env::var_os("TSS2_LOG").is_none() {
+        // SAFETY: first statement of main, no other thread exists yet.
+        unsafe { std::env::set_var("TSS2_LOG", "all+NONE") };
+    }
     let cli = Cli::parse();
     init_logging(&cli.log, cli.log_json);
     match run(cli.command) {
@@ -232,7 +244,8 @@ fn run(command: Command) -> anyhow::Result<()> {
             days,
         } => {
             let ring = open(&common)?;
-            let pem = cert::self_cert_pem(&ring, role, &subject, days, std::time::SystemTime::now())?;
+            let pem =
+                cert::self_cert_pem(&ring, role, &subject, days, std::time::SystemTime::now())?;
             print_pem(&common, role, "certificate", &pem)?;
         }
     }
@@ -268,16 +281,8 @@ fn print_table(keys: &[KeyInfo]) {
         None => "?",
     };
     println!(
-        "{:<21} {:<22} {:<34} {:<8} {:>3} {:<11} {:<9} {:<11} {}",
-        "ROLE",
-        "KID",
-        "LABEL",
-        "ALG",
-        "VER",
-        "STATUS",
-        "SENSITIVE",
-        "EXTRACTABLE",
-        "NEVER_EXTRACTABLE"
+        "{:<21} {:<22} {:<34} {:<8} {:>3} {:<11} {:<9} {:<11} NEVER_EXTRACTABLE",
+        "ROLE", "KID", "LABEL", "ALG", "VER", "STATUS", "SENSITIVE", "EXTRACTABLE"
     );
     for k in keys {
         println!(

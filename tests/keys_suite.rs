@@ -6,9 +6,7 @@ mod common;
 use std::sync::Arc;
 
 use common::Device;
-use signet::keys::{
-    EcPublicKey, KeyError, KeyRing, KeyStatus, Purpose, Role, sha256,
-};
+use signet::keys::{EcPublicKey, KeyError, KeyRing, KeyStatus, Purpose, Role, sha256};
 
 fn random_peer() -> (p256::SecretKey, EcPublicKey) {
     loop {
@@ -26,7 +24,10 @@ pub fn init_is_idempotent_and_keys_are_protected(ring: &KeyRing) {
     assert_eq!(first.created.len(), 4, "{first:?}");
     assert!(first.existing.is_empty());
     let second = ring.init().unwrap();
-    assert!(second.created.is_empty(), "second init created keys: {second:?}");
+    assert!(
+        second.created.is_empty(),
+        "second init created keys: {second:?}"
+    );
     assert_eq!(second.existing.len(), 4);
     let keys = ring.list().unwrap();
     assert_eq!(keys.len(), 4);
@@ -36,7 +37,11 @@ pub fn init_is_idempotent_and_keys_are_protected(ring: &KeyRing) {
         assert_eq!(k.version, 1);
         assert_eq!(k.label, format!("signet:{role}:v1"));
         assert!(k.attributes.protected(), "{role}: {:?}", k.attributes);
-        assert_eq!(k.attributes.local, Some(true), "{role}: generated on device");
+        assert_eq!(
+            k.attributes.local,
+            Some(true),
+            "{role}: generated on device"
+        );
         assert_eq!(k.attributes.persistent, Some(true));
         assert_eq!(signet::keys::Kid::of(&k.public), k.kid);
     }
@@ -44,7 +49,10 @@ pub fn init_is_idempotent_and_keys_are_protected(ring: &KeyRing) {
 
 pub fn signatures_verify_with_aws_lc(ring: &KeyRing) {
     ring.init().unwrap();
-    for role in Role::ALL.into_iter().filter(|r| r.purpose() == Purpose::Sign) {
+    for role in Role::ALL
+        .into_iter()
+        .filter(|r| r.purpose() == Purpose::Sign)
+    {
         let msg = format!("message for {role}");
         let (kid, sig) = ring.sign(role, msg.as_bytes()).unwrap();
         let key = ring.find(&kid).unwrap();
@@ -57,7 +65,10 @@ pub fn signatures_verify_with_aws_lc(ring: &KeyRing) {
         )
         .verify(msg.as_bytes(), &sig.to_der())
         .unwrap();
-        assert!(!key.public.verify(b"another message", &sig), "{role}: must not verify");
+        assert!(
+            !key.public.verify(b"another message", &sig),
+            "{role}: must not verify"
+        );
         // sign_digest with the same digest is the same operation.
         let (_, sig2) = ring.sign_digest(role, &sha256(msg.as_bytes())).unwrap();
         assert!(key.public.verify(msg.as_bytes(), &sig2));
@@ -71,7 +82,8 @@ pub fn ecdh_equals_p256(ring: &KeyRing) {
         let (peer_secret, peer_public) = random_peer();
         let (kid, secret) = ring.ecdh(Role::TokenEncryption, &peer_public).unwrap();
         assert_eq!(kid, ring.active(Role::TokenEncryption).unwrap().kid);
-        let expected = p256::ecdh::diffie_hellman(peer_secret.to_nonzero_scalar(), ours.as_affine());
+        let expected =
+            p256::ecdh::diffie_hellman(peer_secret.to_nonzero_scalar(), ours.as_affine());
         assert_eq!(&secret.expose()[..], &expected.raw_secret_bytes()[..]);
     }
 }
@@ -92,7 +104,9 @@ pub fn each_key_does_only_its_purpose(ring: &KeyRing) {
 
 pub fn rotation_keeps_old_versions_verifiable(ring: &KeyRing) {
     ring.init().unwrap();
-    let (v1, old_sig) = ring.sign(Role::ApprovalCountersign, b"old receipt").unwrap();
+    let (v1, old_sig) = ring
+        .sign(Role::ApprovalCountersign, b"old receipt")
+        .unwrap();
     let v2 = ring.rotate(Role::ApprovalCountersign).unwrap();
     assert_eq!(v2.version, 2);
     assert_eq!(v2.status, KeyStatus::Active);
@@ -100,14 +114,19 @@ pub fn rotation_keeps_old_versions_verifiable(ring: &KeyRing) {
     let old = ring.find(&v1).unwrap();
     assert_eq!(old.status, KeyStatus::VerifyOnly);
     assert!(old.public.verify(b"old receipt", &old_sig));
-    let (signer, new_sig) = ring.sign(Role::ApprovalCountersign, b"new receipt").unwrap();
+    let (signer, new_sig) = ring
+        .sign(Role::ApprovalCountersign, b"new receipt")
+        .unwrap();
     assert_eq!(signer, v2.kid, "the new version signs");
     assert!(v2.public.verify(b"new receipt", &new_sig));
     // Other roles are untouched.
     assert_eq!(ring.active(Role::TokenSigning).unwrap().version, 1);
 
     // The active key cannot be retired; the old one can, once.
-    assert!(matches!(ring.retire(&v2.kid), Err(KeyError::RetireActive(_))));
+    assert!(matches!(
+        ring.retire(&v2.kid),
+        Err(KeyError::RetireActive(_))
+    ));
     let retired = ring.retire(&v1).unwrap();
     assert_eq!(retired.status, KeyStatus::Retired);
     assert!(matches!(ring.retire(&v1), Err(KeyError::Retired(_))));
@@ -126,7 +145,11 @@ pub fn rotation_keeps_old_versions_verifiable(ring: &KeyRing) {
         .collect();
     assert_eq!(
         statuses,
-        vec![(1, KeyStatus::Retired), (2, KeyStatus::VerifyOnly), (3, KeyStatus::Active)]
+        vec![
+            (1, KeyStatus::Retired),
+            (2, KeyStatus::VerifyOnly),
+            (3, KeyStatus::Active)
+        ]
     );
 }
 
@@ -151,7 +174,10 @@ pub fn many_threads_sign_at_once(ring: &KeyRing) {
 
 pub fn unknown_kid_and_missing_roles_are_named(ring: &KeyRing) {
     let err = ring.sign(Role::TokenSigning, b"x").unwrap_err();
-    assert!(matches!(err, KeyError::NoActiveKey(Role::TokenSigning)), "{err}");
+    assert!(
+        matches!(err, KeyError::NoActiveKey(Role::TokenSigning)),
+        "{err}"
+    );
     let (_, peer) = random_peer();
     let kid = signet::keys::Kid::of(&peer);
     let err = ring.backend().sign_digest(&kid, &[0u8; 32]).unwrap_err();
@@ -163,13 +189,27 @@ pub fn keys_survive_reopening<D: Device>(device: &D) {
     let kids: Vec<_> = {
         let ring = device.ring();
         ring.init().unwrap();
-        ring.list().unwrap().into_iter().map(|k| (k.role, k.kid)).collect()
+        ring.list()
+            .unwrap()
+            .into_iter()
+            .map(|k| (k.role, k.kid))
+            .collect()
     };
     let ring = device.ring();
-    let again: Vec<_> = ring.list().unwrap().into_iter().map(|k| (k.role, k.kid)).collect();
+    let again: Vec<_> = ring
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|k| (k.role, k.kid))
+        .collect();
     assert_eq!(kids, again);
     let (kid, sig) = ring.sign(Role::AuditCheckpoint, b"after reopen").unwrap();
-    assert!(ring.find(&kid).unwrap().public.verify(b"after reopen", &sig));
+    assert!(
+        ring.find(&kid)
+            .unwrap()
+            .public
+            .verify(b"after reopen", &sig)
+    );
 }
 
 macro_rules! backend_suite {

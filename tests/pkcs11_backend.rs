@@ -32,7 +32,10 @@ fn wrong_pin_is_refused_without_echoing_it() {
     assert!(matches!(err, KeyError::WrongPin(_)), "{err:?}");
     let text = err.to_string();
     assert!(text.contains("wrong PIN"), "{text}");
-    assert!(!text.contains("definitely-not-the-pin"), "PIN echoed: {text}");
+    assert!(
+        !text.contains("definitely-not-the-pin"),
+        "PIN echoed: {text}"
+    );
 }
 
 #[test]
@@ -55,7 +58,10 @@ fn pin_from_environment_variable() {
     ring.init().unwrap();
     settings.pin = SecretSource::Env("SIGNET_TEST_UNSET_VARIABLE".into());
     let err = open_err(&settings);
-    assert!(err.to_string().contains("SIGNET_TEST_UNSET_VARIABLE"), "{err}");
+    assert!(
+        err.to_string().contains("SIGNET_TEST_UNSET_VARIABLE"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -67,7 +73,10 @@ fn missing_token_lists_the_tokens_present() {
     let text = err.to_string();
     assert!(matches!(err, KeyError::TokenNotFound { .. }), "{err:?}");
     assert!(text.contains("no-such-token"), "{text}");
-    assert!(text.contains(&hsm.label), "present token not listed: {text}");
+    assert!(
+        text.contains(&hsm.label),
+        "present token not listed: {text}"
+    );
 }
 
 #[test]
@@ -80,7 +89,10 @@ fn missing_module_is_named() {
     assert!(err.to_string().contains("/nonexistent/libpkcs11.so"));
     // A file that is not a PKCS#11 library.
     settings.module = hsm.pin_file();
-    assert!(matches!(open_err(&settings), KeyError::ModuleNotFound { .. }));
+    assert!(matches!(
+        open_err(&settings),
+        KeyError::ModuleNotFound { .. }
+    ));
 }
 
 #[test]
@@ -97,7 +109,10 @@ fn token_selected_by_serial_and_by_uri() {
     settings.token = TokenSelector::parse_uri(&format!("pkcs11:token={};serial=0000", hsm.label))
         .unwrap()
         .token;
-    assert!(matches!(open_err(&settings), KeyError::TokenNotFound { .. }));
+    assert!(matches!(
+        open_err(&settings),
+        KeyError::TokenNotFound { .. }
+    ));
 }
 
 /// Polls `f` until it succeeds, returning how long that took.
@@ -107,7 +122,10 @@ fn until_ok<T>(limit: Duration, mut f: impl FnMut() -> Result<T, KeyError>) -> (
         match f() {
             Ok(v) => return (start.elapsed(), v),
             Err(e) if start.elapsed() < limit => {
-                assert!(e.is_unavailable(), "while recovering, errors say unavailable: {e}");
+                assert!(
+                    e.is_unavailable(),
+                    "while recovering, errors say unavailable: {e}"
+                );
                 std::thread::sleep(Duration::from_millis(20));
             }
             Err(e) => panic!("not recovered within {limit:?}: {e}"),
@@ -138,14 +156,26 @@ fn token_outage_fails_fast_then_recovers_without_restart() {
                 failures += 1;
             }
         }
-        assert!(t.elapsed() < Duration::from_secs(2), "an operation hung for {:?}", t.elapsed());
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "an operation hung for {:?}",
+            t.elapsed()
+        );
         std::thread::sleep(Duration::from_millis(30));
     }
-    eprintln!("outage: {failures}/20 operations failed in {:?}", start.elapsed());
-    assert!(failures >= 18, "operations kept succeeding with the token gone: {failures}/20 failed");
+    eprintln!(
+        "outage: {failures}/20 operations failed in {:?}",
+        start.elapsed()
+    );
+    assert!(
+        failures >= 18,
+        "operations kept succeeding with the token gone: {failures}/20 failed"
+    );
 
     std::fs::rename(&aside, &store).unwrap();
-    let (took, (signer, sig)) = until_ok(Duration::from_secs(5), || ring.sign(Role::TokenSigning, b"after"));
+    let (took, (signer, sig)) = until_ok(Duration::from_secs(5), || {
+        ring.sign(Role::TokenSigning, b"after")
+    });
     eprintln!("recovered {took:?} after the token returned");
     assert_eq!(signer, kid, "same key after recovery");
     assert!(ring.find(&kid).unwrap().public.verify(b"after", &sig));

@@ -277,7 +277,10 @@ impl EcdsaSignature {
     pub fn from_raw(bytes: &[u8]) -> Result<EcdsaSignature, KeyError> {
         let raw = <[u8; 64]>::try_from(bytes).map_err(|_| KeyError::Device {
             op: "sign",
-            detail: format!("device returned a {}-byte signature, expected 64", bytes.len()),
+            detail: format!(
+                "device returned a {}-byte signature, expected 64",
+                bytes.len()
+            ),
         })?;
         Ok(EcdsaSignature { raw })
     }
@@ -450,7 +453,9 @@ pub enum KeyError {
     PinLocked(String),
     #[error("PIN source: {0}")]
     PinSource(String),
-    #[error("unknown role {0:?}; roles are token-signing, token-encryption, approval-countersign, audit-checkpoint")]
+    #[error(
+        "unknown role {0:?}; roles are token-signing, token-encryption, approval-countersign, audit-checkpoint"
+    )]
     UnknownRole(String),
     #[error("invalid key id {0:?}: expected 22 base64url characters")]
     InvalidKid(String),

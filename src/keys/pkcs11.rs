@@ -327,12 +327,10 @@ impl Pkcs11Backend {
         let slot = find_slot(&pkcs11, &settings.token)?;
         // Prove the PIN now, so a wrong one is an error at start-up and not
         // on the first request.
-        let probe = pkcs11
-            .open_rw_session(slot)
-            .map_err(|e| KeyError::Device {
-                op: "C_OpenSession",
-                detail: e.to_string(),
-            })?;
+        let probe = pkcs11.open_rw_session(slot).map_err(|e| KeyError::Device {
+            op: "C_OpenSession",
+            detail: e.to_string(),
+        })?;
         login(&probe, &pin, &describe)?;
         let shared = Arc::new(Shared {
             token: settings.token.clone(),
@@ -404,7 +402,12 @@ impl Drop for Pkcs11Backend {
     }
 }
 
+/// `C_Initialize` and `C_Finalize` change process-wide library state; SoftHSM
+/// crashes when two threads initialize at once. Every call goes through here.
+static LIFECYCLE: Mutex<()> = Mutex::new(());
+
 fn initialize(pkcs11: &Pkcs11) -> Result<(), CkError> {
+    let _guard = LIFECYCLE.lock().unwrap_or_else(|p| p.into_inner());
     match pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
         // Another backend in this process initialized the same module: the
         // library's state is per process, so it is ours to use too.
@@ -454,10 +457,13 @@ fn find_slot(pkcs11: &Pkcs11, wanted: &TokenSelector) -> Result<Slot, KeyError> 
 fn login(session: &Session, pin: &AuthPin, describe: &str) -> Result<(), KeyError> {
     match session.login(UserType::User, Some(pin)) {
         Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
-        Err(CkError::Pkcs11(RvError::PinIncorrect | RvError::PinInvalid | RvError::PinLenRange, _)) => {
-            Err(KeyError::WrongPin(describe.to_string()))
+        Err(CkError::Pkcs11(
+            RvError::PinIncorrect | RvError::PinInvalid | RvError::PinLenRange,
+            _,
+        )) => Err(KeyError::WrongPin(describe.to_string())),
+        Err(CkError::Pkcs11(RvError::PinLocked, _)) => {
+            Err(KeyError::PinLocked(describe.to_string()))
         }
-        Err(CkError::Pkcs11(RvError::PinLocked, _)) => Err(KeyError::PinLocked(describe.to_string())),
         Err(e) => Err(KeyError::Device {
             op: "C_Login",
             detail: e.to_string(),
@@ -526,7 +532,12 @@ impl Shared {
     fn current(&self) -> Result<(u64, Slot, Pkcs11, Arc<Mutex<HashSet<Kid>>>), KeyError> {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(slot) = conn.slot {
-            return Ok((conn.generation, slot, conn.pkcs11.clone(), conn.known.clone()));
+            return Ok((
+                conn.generation,
+                slot,
+                conn.pkcs11.clone(),
+                conn.known.clone(),
+            ));
         }
         if conn.last_attempt.elapsed() < RECONNECT_INTERVAL {
             let reason = conn.down_reason.clone().unwrap_or_default();
@@ -536,7 +547,10 @@ impl Shared {
         tracing::info!(backend = %self.describe, "reconnecting to the PKCS#11 token");
         // A full finalize/initialize cycle: SoftHSM (and some HSM clients)
         // only re-read their tokens at C_Initialize.
-        let _ = conn.pkcs11.clone().finalize();
+        {
+            let _guard = LIFECYCLE.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = conn.pkcs11.clone().finalize();
+        }
         if let Err(e) = initialize(&conn.pkcs11) {
             conn.down_reason = Some(format!("C_Initialize: {e}"));
             return Err(self.unavailable(format!("C_Initialize: {e}")));
@@ -553,7 +567,12 @@ impl Shared {
         conn.down_reason = None;
         conn.known = Arc::default();
         tracing::info!(backend = %self.describe, generation = conn.generation, "PKCS#11 token reconnected");
-        Ok((conn.generation, slot, conn.pkcs11.clone(), conn.known.clone()))
+        Ok((
+            conn.generation,
+            slot,
+            conn.pkcs11.clone(),
+            conn.known.clone(),
+        ))
     }
 
     fn mark_down(&self, generation: u64, op: &'static str, e: &str) -> KeyError {
@@ -582,7 +601,10 @@ impl Live {
         };
         let found = self
             .session
-            .find_objects(&[Attribute::Class(class), Attribute::Id(kid.as_bytes().to_vec())])
+            .find_objects(&[
+                Attribute::Class(class),
+                Attribute::Id(kid.as_bytes().to_vec()),
+            ])
             .op("C_FindObjects")?;
         let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
         match found.as_slice() {
@@ -747,11 +769,18 @@ impl KeyBackend for Pkcs11Backend {
         self.run(move |live| {
             let label = key_label(role, version).into_bytes();
             let sign = role.purpose() == Purpose::Sign;
+            // Every usage flag is spelled out: tokens default some of them to
+            // true (SoftHSM enables decrypt and unwrap on EC private keys),
+            // and a role key must do its one operation and nothing else.
             let public_template = [
                 Attribute::Token(true),
                 Attribute::Private(false),
                 Attribute::EcParams(P256_PARAMS.to_vec()),
                 Attribute::Verify(sign),
+                Attribute::VerifyRecover(false),
+                Attribute::Encrypt(false),
+                Attribute::Wrap(false),
+                Attribute::Derive(false),
                 Attribute::Label(label.clone()),
             ];
             let private_template = [
@@ -760,12 +789,19 @@ impl KeyBackend for Pkcs11Backend {
                 Attribute::Sensitive(true),
                 Attribute::Extractable(false),
                 Attribute::Sign(sign),
+                Attribute::SignRecover(false),
                 Attribute::Derive(!sign),
+                Attribute::Decrypt(false),
+                Attribute::Unwrap(false),
                 Attribute::Label(label),
             ];
             let (public, private) = live
                 .session
-                .generate_key_pair(&Mechanism::EccKeyPairGen, &public_template, &private_template)
+                .generate_key_pair(
+                    &Mechanism::EccKeyPairGen,
+                    &public_template,
+                    &private_template,
+                )
                 .op("C_GenerateKeyPair")?;
             // The kid is a function of the public key, so it can only be set
             // once the device has made the key.
@@ -883,10 +919,7 @@ impl KeyBackend for Pkcs11Backend {
             // the key is unusable but still listed as live, which is the safe
             // half to be left in.
             live.session
-                .update_attributes(
-                    private,
-                    &[Attribute::Sign(false), Attribute::Derive(false)],
-                )
+                .update_attributes(private, &[Attribute::Sign(false), Attribute::Derive(false)])
                 .op("C_SetAttributeValue")?;
             live.session
                 .update_attributes(private, &[Attribute::Label(label.clone())])
@@ -900,7 +933,12 @@ impl KeyBackend for Pkcs11Backend {
     }
 
     fn ping(&self) -> Result<(), KeyError> {
-        self.run(|live| live.session.get_session_info().map(|_| ()).op("C_GetSessionInfo"))
+        self.run(|live| {
+            live.session
+                .get_session_info()
+                .map(|_| ())
+                .op("C_GetSessionInfo")
+        })
     }
 }
 
@@ -912,7 +950,9 @@ fn refine_key_error(e: OpError, kid: Kid, operation: &'static str) -> OpError {
             CkError::Pkcs11(RvError::KeyFunctionNotPermitted | RvError::KeyTypeInconsistent, _),
         ) => OpError::Key(KeyError::Device {
             op: operation,
-            detail: format!("the device refuses {operation} with key {kid} (wrong purpose or retired)"),
+            detail: format!(
+                "the device refuses {operation} with key {kid} (wrong purpose or retired)"
+            ),
         }),
         other => other,
     }

@@ -112,22 +112,38 @@ mod tests {
         let path = dir.path().join("pin");
         std::fs::write(&path, "1234\n").unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let err = SecretSource::File(path.clone()).read().unwrap_err().to_string();
+        let err = SecretSource::File(path.clone())
+            .read()
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("chmod 600"), "{err}");
         assert!(!err.contains("1234"));
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert_eq!(SecretSource::File(path.clone()).read().unwrap().as_str(), "1234");
+        assert_eq!(
+            SecretSource::File(path.clone()).read().unwrap().as_str(),
+            "1234"
+        );
         std::fs::write(&path, "\n").unwrap();
         assert!(SecretSource::File(path.clone()).read().is_err());
         std::fs::write(&path, vec![b'1'; 300]).unwrap();
-        assert!(SecretSource::File(path).read().unwrap_err().to_string().contains("larger"));
+        assert!(
+            SecretSource::File(path)
+                .read()
+                .unwrap_err()
+                .to_string()
+                .contains("larger")
+        );
     }
 
     #[test]
     fn missing_sources_are_named() {
-        let err = SecretSource::Env("SIGNET_TEST_NO_SUCH_VAR".into()).read().unwrap_err();
+        let err = SecretSource::Env("SIGNET_TEST_NO_SUCH_VAR".into())
+            .read()
+            .unwrap_err();
         assert!(err.to_string().contains("SIGNET_TEST_NO_SUCH_VAR"));
-        let err = SecretSource::File("/nonexistent/pin".into()).read().unwrap_err();
+        let err = SecretSource::File("/nonexistent/pin".into())
+            .read()
+            .unwrap_err();
         assert!(err.to_string().contains("/nonexistent/pin"));
     }
 }

@@ -134,10 +134,14 @@ impl Profile {
                     .pkcs11
                     .ok_or("backend = \"pkcs11\" needs a [pkcs11] table")?;
                 let uri = p.uri.as_deref().map(TokenSelector::parse_uri).transpose()?;
-                let chosen = [p.token_label.is_some(), p.token_serial.is_some(), uri.is_some()]
-                    .iter()
-                    .filter(|b| **b)
-                    .count();
+                let chosen = [
+                    p.token_label.is_some(),
+                    p.token_serial.is_some(),
+                    uri.is_some(),
+                ]
+                .iter()
+                .filter(|b| **b)
+                .count();
                 if chosen != 1 {
                     return Err(
                         "pkcs11: give exactly one of token_label, token_serial or uri".into(),
@@ -167,7 +171,9 @@ impl Profile {
                     (None, Some(v), None) => SecretSource::Env(v),
                     (None, None, Some(f)) => SecretSource::File(resolve(f)),
                     (None, None, None) => {
-                        return Err("pkcs11: give pin_file or pin_env (never the PIN itself)".into());
+                        return Err(
+                            "pkcs11: give pin_file or pin_env (never the PIN itself)".into()
+                        );
                     }
                     _ => return Err("pkcs11: give only one PIN source".into()),
                 };
@@ -202,7 +208,11 @@ impl Profile {
                     auth,
                 })
             }
-            other => return Err(format!("backend: {other:?} is not one of \"pkcs11\", \"tpm\"")),
+            other => {
+                return Err(format!(
+                    "backend: {other:?} is not one of \"pkcs11\", \"tpm\""
+                ));
+            }
         };
         let env = raw
             .env
@@ -261,7 +271,9 @@ mod tests {
             Path::new("/etc/signet"),
         )
         .unwrap();
-        let BackendSettings::Pkcs11(s) = p.backend else { panic!("pkcs11 expected") };
+        let BackendSettings::Pkcs11(s) = p.backend else {
+            panic!("pkcs11 expected")
+        };
         assert_eq!(s.pin, SecretSource::File("/etc/signet/pin".into()));
         assert_eq!(s.workers, 2);
         assert_eq!(s.token, TokenSelector::label("signet".into()));
@@ -273,12 +285,30 @@ mod tests {
         let cases = [
             ("backend = \"hsm\"", "backend"),
             ("backend = \"pkcs11\"", "[pkcs11]"),
-            ("backend = \"pkcs11\"\n[pkcs11]\nmodule=\"/m\"\npin_file=\"p\"", "token_label"),
-            ("backend = \"pkcs11\"\n[pkcs11]\nmodule=\"/m\"\ntoken_label=\"t\"", "pin_file"),
-            ("backend = \"pkcs11\"\n[pkcs11]\nmodule=\"/m\"\ntoken_label=\"t\"\npin_env=\"A\"\npin_file=\"p\"", "one PIN source"),
-            ("backend = \"pkcs11\"\n[pkcs11]\nmodule=\"/m\"\ntoken_label=\"t\"\npin_env=\"A\"\nworkers=0", "workers"),
-            ("backend = \"pkcs11\"\n[pkcs11]\nmodule=\"/m\"\ntoken_label=\"t\"\npin=\"1234\"", "pin"),
-            ("backend = \"tpm\"\n[tpm]\ntcti=\"\"\nkey_dir=\"k\"", "tpm.tcti"),
+            (
+                "backend = \"pkcs11\"\n[pkcs11]\nmodule=\"/m\"\npin_file=\"p\"",
+                "token_label",
+            ),
+            (
+                "backend = \"pkcs11\"\n[pkcs11]\nmodule=\"/m\"\ntoken_label=\"t\"",
+                "pin_file",
+            ),
+            (
+                "backend = \"pkcs11\"\n[pkcs11]\nmodule=\"/m\"\ntoken_label=\"t\"\npin_env=\"A\"\npin_file=\"p\"",
+                "one PIN source",
+            ),
+            (
+                "backend = \"pkcs11\"\n[pkcs11]\nmodule=\"/m\"\ntoken_label=\"t\"\npin_env=\"A\"\nworkers=0",
+                "workers",
+            ),
+            (
+                "backend = \"pkcs11\"\n[pkcs11]\nmodule=\"/m\"\ntoken_label=\"t\"\npin=\"1234\"",
+                "pin",
+            ),
+            (
+                "backend = \"tpm\"\n[tpm]\ntcti=\"\"\nkey_dir=\"k\"",
+                "tpm.tcti",
+            ),
         ];
         for (text, needle) in cases {
             let err = Profile::parse(text, base).unwrap_err();
@@ -293,7 +323,9 @@ mod tests {
             Path::new("/"),
         )
         .unwrap();
-        let BackendSettings::Pkcs11(s) = p.backend else { panic!("pkcs11 expected") };
+        let BackendSettings::Pkcs11(s) = p.backend else {
+            panic!("pkcs11 expected")
+        };
         assert_eq!(s.module, PathBuf::from("/usr/lib/m.so"));
         assert_eq!(s.pin, SecretSource::File("/run/pin".into()));
         assert_eq!(s.token, TokenSelector::label("my token".into()));

@@ -1,9 +1,12 @@
 //! A private SoftHSM token per test.
 //!
-//! SoftHSM reads `SOFTHSM2_CONF` once per process, so every test in a test
-//! binary shares one token directory; each test gets its own token in it, with
-//! its own label. `scripts/test` exports a fresh `SOFTHSM2_CONF`; when a test
-//! binary runs without one (plain `cargo test`), the first fixture makes one.
+//! SoftHSM reads `SOFTHSM2_CONF` once per process, so each test process gets
+//! its own configuration and token directory (nextest runs one test per
+//! process, so that is one per test): a test that moves or re-initializes its
+//! token must not disturb another test scanning the same directory. Each
+//! token also has its own label. The directory lives under the one
+//! `scripts/test` exports (and removes at exit), or under the system temp
+//! directory for a plain `cargo test`.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -26,10 +29,10 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 /// environment does not name one.
 pub fn conf() -> &'static Path {
     CONF.get_or_init(|| {
-        if let Some(existing) = std::env::var_os("SOFTHSM2_CONF") {
-            return PathBuf::from(existing);
-        }
-        let dir = std::env::temp_dir().join(format!("signet-softhsm-{}", std::process::id()));
+        let base = std::env::var_os("SOFTHSM2_CONF")
+            .and_then(|c| PathBuf::from(c).parent().map(Path::to_path_buf))
+            .unwrap_or_else(std::env::temp_dir);
+        let dir = base.join(format!("signet-softhsm-{}", std::process::id()));
         let tokens = dir.join("tokens");
         std::fs::create_dir_all(&tokens).expect("create token dir");
         let conf = dir.join("softhsm2.conf");

@@ -1,1 +1,5 @@
 pub mod keys;
+pub mod speed;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+pub mod webauthn;

@@ -1,14 +1,26 @@
-//! The `signet` command: the security officer's tools (and, in later
-//! releases, the service itself). Every command prints readable text, or JSON
-//! with `--json`; errors are one line on stderr with exit code 1, usage errors
-//! exit 2.
+//! The `signet` command: the security officer's tools, the support
+//! engineer's offline verifier (and, in later releases, the service itself).
+//! Every command prints readable text, or JSON with `--json` (`verify` always
+//! prints its verdict as JSON); errors are one line on stderr with exit code
+//! 1, usage errors exit 2.
 
-use std::path::PathBuf;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand};
 use signet::keys::cert::{self, ExportFormat};
 use signet::keys::{KeyInfo, KeyRing, Kid, Profile, Role};
+use signet::webauthn::attestation::AttestationPolicy;
+use signet::webauthn::authenticator_data::Flags;
+use signet::webauthn::certpath::Cert;
+use signet::webauthn::cose_key::CredentialPublicKey;
+use signet::webauthn::response::{AuthenticationResponse, RegistrationResponse};
+use signet::webauthn::{
+    self, CoseAlgorithm, RelyingParty, UserVerification, assertion, b64url, b64url_decode,
+    registration,
+};
 
 #[derive(Parser)]
 #[command(
@@ -16,7 +28,8 @@ use signet::keys::{KeyInfo, KeyRing, Kid, Profile, Role};
     version,
     about = "FIDO2 trust appliance: WebAuthn verification with keys in a PKCS#11 HSM or a TPM 2.0",
     long_about = "signet verifies passkey ceremonies for a bank and keeps its own keys in a \
-PKCS#11 HSM slot or a TPM 2.0. This command holds the security officer's tools.\n\n\
+PKCS#11 HSM slot or a TPM 2.0. This command holds the security officer's tools and \
+the support engineer's offline verifier.\n\n\
 PINs are never given on the command line: a profile names a PIN file (mode 0600) \
 or an environment variable."
 )]
@@ -42,6 +55,20 @@ enum Command {
     /// Provision and manage the backend keys in an HSM slot or a TPM.
     #[command(subcommand)]
     Hsm(HsmCommand),
+    /// Verify a captured WebAuthn ceremony offline with the service's engine,
+    /// and print the verdict as JSON.
+    #[command(subcommand)]
+    Verify(VerifyCommand),
+    /// Measure the engine's verification rate on this machine (one thread)
+    /// against a bare P-256 signature verification.
+    Speed {
+        /// How long to measure, in seconds (at most 600).
+        #[arg(long, default_value_t = 3.0, value_parser = parse_seconds)]
+        seconds: f64,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -115,6 +142,269 @@ enum HsmCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum VerifyCommand {
+    /// Verify a registration (navigator.credentials.create()).
+    #[command(
+        long_about = "Verify a registration (navigator.credentials.create()) and print what \
+the service would store: fmt, attestationType, aaguid, credentialId, credentialPublicKey, coseAlg, \
+signCount, flags, trustPath, anchored.\n\n\
+This command is for looking at real devices, so it is more lenient than the service: every \
+attestation format and every credential algorithm the engine knows is accepted, and an x5c that \
+carries its own root is accepted. The attestation statement is always verified in full. Without \
+--root nothing is anchored (\"anchored\": false); with --root, a chain that does not lead to one of \
+the roots is a rejection."
+    )]
+    Registration {
+        #[command(flatten)]
+        ceremony: Ceremony,
+        /// A trust anchor for the attestation chain: a PEM file with one or more
+        /// certificates (repeat for several files).
+        #[arg(long = "root", value_name = "PEM")]
+        roots: Vec<PathBuf>,
+        /// The time to judge certificates at, RFC 3339 (e.g. 2025-01-01T00:00:00Z);
+        /// default now. Use the capture time for old samples. With --at, a
+        /// SafetyNet timestampMs within 24 hours either side of it is accepted,
+        /// since a capture's time is seldom known to the second; without it the
+        /// service's 60-second window applies.
+        #[arg(long, value_name = "RFC3339", value_parser = parse_rfc3339)]
+        at: Option<SystemTime>,
+    },
+    /// Verify an assertion (navigator.credentials.get()) with the credential's
+    /// public key, and print the new counter and flags.
+    Assertion {
+        #[command(flatten)]
+        ceremony: Ceremony,
+        /// The credential public key as registered: COSE_Key, base64url (the
+        /// credentialPublicKey that `verify registration` prints). The credential
+        /// id is taken from FILE.
+        #[arg(long, value_name = "COSE_B64URL", value_parser = parse_credential_key)]
+        credential_key: CredentialPublicKey,
+        /// The stored signature counter; the assertion's must be greater unless
+        /// both are 0.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        sign_count: u32,
+        /// The credential was backup eligible (BE) at registration; BE may not
+        /// change afterwards.
+        #[arg(long)]
+        backup_eligible: bool,
+        /// The user handle the credential was registered for, base64url; the
+        /// response must then carry it (a discoverable credential).
+        #[arg(long, value_name = "B64URL", value_parser = parse_b64url)]
+        user_handle: Option<Bytes>,
+    },
+}
+
+/// What both ceremonies are checked against.
+#[derive(Args)]
+struct Ceremony {
+    /// The RP ID, e.g. bank.example.
+    #[arg(long, value_name = "RP_ID")]
+    rp_id: String,
+    /// An accepted origin, compared exactly (repeat for several):
+    /// https://bank.example, android:apk-key-hash:<base64url sha256>.
+    #[arg(long = "origin", value_name = "ORIGIN", required = true)]
+    origins: Vec<String>,
+    /// The challenge that was issued, base64url (as in clientDataJSON.challenge).
+    #[arg(long, value_name = "B64URL", value_parser = parse_b64url)]
+    challenge: Bytes,
+    /// Accept crossOrigin: true (a ceremony in an iframe), with any topOrigin.
+    #[arg(long)]
+    allow_cross_origin: bool,
+    /// Require user verification (the UV flag).
+    #[arg(long)]
+    require_uv: bool,
+    /// The browser's PublicKeyCredential.toJSON() output, or - for stdin.
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
+}
+
+/// Decoded base64url. A newtype, because clap reads a `Vec` field as a
+/// repeated argument.
+#[derive(Clone)]
+struct Bytes(Vec<u8>);
+
+fn parse_b64url(s: &str) -> Result<Bytes, String> {
+    if s.is_empty() {
+        return Err("empty".into());
+    }
+    b64url_decode("value", s, 64 * 1024)
+        .map(Bytes)
+        .map_err(|_| "not base64url".into())
+}
+
+fn parse_credential_key(s: &str) -> Result<CredentialPublicKey, String> {
+    let bytes = parse_b64url(s)?;
+    CredentialPublicKey::from_cose(&bytes.0, "credentialPublicKey").map_err(|e| e.to_string())
+}
+
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 600.0 => Ok(v),
+        _ => Err("expected a number of seconds greater than 0 and at most 600".into()),
+    }
+}
+
+const RFC3339_EXAMPLE: &str = "expected an RFC 3339 time such as 2025-01-01T00:00:00Z";
+
+/// Parses an RFC 3339 `date-time` strictly: every field present with its
+/// exact digit count, each in range for its month and year, and an explicit
+/// offset. A leap second cannot be represented in `SystemTime`, so `:60` is
+/// refused rather than silently moved.
+fn parse_rfc3339(s: &str) -> Result<SystemTime, String> {
+    let b = s.as_bytes();
+    let bad = |what: &str| format!("{RFC3339_EXAMPLE}: {what}");
+    let num = |range: std::ops::Range<usize>, what: &str| -> Result<i64, String> {
+        match b.get(range) {
+            Some(d) if d.iter().all(u8::is_ascii_digit) => {
+                Ok(d.iter().fold(0, |n, c| n * 10 + i64::from(c - b'0')))
+            }
+            _ => Err(bad(what)),
+        }
+    };
+    let sep = |at: usize, allowed: &[u8], what: &str| -> Result<(), String> {
+        match b.get(at) {
+            Some(c) if allowed.contains(c) => Ok(()),
+            _ => Err(bad(what)),
+        }
+    };
+    let year = num(0..4, "year must be 4 digits")?;
+    sep(4, b"-", "'-' after the year")?;
+    let month = num(5..7, "month must be 2 digits")?;
+    sep(7, b"-", "'-' after the month")?;
+    let day = num(8..10, "day must be 2 digits")?;
+    // RFC 3339 §5.6: "T" and "Z" may be lowercase.
+    sep(10, b"Tt", "'T' between date and time")?;
+    let hour = num(11..13, "hour must be 2 digits")?;
+    sep(13, b":", "':' after the hour")?;
+    let minute = num(14..16, "minute must be 2 digits")?;
+    sep(16, b":", "':' after the minute")?;
+    let second = num(17..19, "second must be 2 digits")?;
+    if !(1..=12).contains(&month) {
+        return Err(bad("month out of range"));
+    }
+    if day < 1 || day > days_in_month(year, month) {
+        return Err(bad("day out of range for the month"));
+    }
+    if hour > 23 || minute > 59 {
+        return Err(bad("hour or minute out of range"));
+    }
+    if second == 60 {
+        return Err(bad("leap seconds are not supported"));
+    }
+    if second > 59 {
+        return Err(bad("second out of range"));
+    }
+    let mut i = 19;
+    let mut nanos: u32 = 0;
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        let digits = b[i..].iter().take_while(|c| c.is_ascii_digit()).count();
+        if digits == 0 {
+            return Err(bad("digits after '.'"));
+        }
+        // Beyond nanoseconds the digits cannot be represented; they are dropped.
+        for (k, c) in b[i..i + digits].iter().enumerate().take(9) {
+            nanos += u32::from(c - b'0') * 10u32.pow(8 - k as u32);
+        }
+        i += digits;
+    }
+    let offset_minutes = match b.get(i) {
+        Some(b'Z' | b'z') if b.len() == i + 1 => 0,
+        Some(sign @ (b'+' | b'-')) if b.len() == i + 6 => {
+            let oh = num(i + 1..i + 3, "offset hour must be 2 digits")?;
+            sep(i + 3, b":", "':' in the offset")?;
+            let om = num(i + 4..i + 6, "offset minute must be 2 digits")?;
+            if oh > 23 || om > 59 {
+                return Err(bad("offset out of range"));
+            }
+            if *sign == b'-' {
+                -(oh * 60 + om)
+            } else {
+                oh * 60 + om
+            }
+        }
+        _ => return Err(bad("an offset (Z or +hh:mm) at the end")),
+    };
+    let secs = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second
+        - offset_minutes * 60;
+    let t = if secs >= 0 {
+        UNIX_EPOCH.checked_add(Duration::new(secs.unsigned_abs(), nanos))
+    } else {
+        UNIX_EPOCH
+            .checked_sub(Duration::from_secs(secs.unsigned_abs()))
+            .and_then(|t| t.checked_add(Duration::from_nanos(u64::from(nanos))))
+    };
+    t.ok_or_else(|| bad("out of range for this system"))
+}
+
+fn days_in_month(year: i64, month: i64) -> i64 {
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    match month {
+        2 if leap => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's
+/// algorithm: eras of 400 years make it exact without tables).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The inverse of [`days_from_civil`].
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// RFC 3339 in UTC, with as many fraction digits as the time needs.
+fn format_rfc3339(t: SystemTime) -> String {
+    let (secs, nanos) = match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => (
+            i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+            d.subsec_nanos(),
+        ),
+        Err(e) => {
+            let d = e.duration();
+            let s = -i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+            match d.subsec_nanos() {
+                0 => (s, 0),
+                n => (s - 1, 1_000_000_000 - n),
+            }
+        }
+    };
+    let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
+    let rem = secs.rem_euclid(86_400);
+    let mut out = format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    );
+    if nanos != 0 {
+        out += format!(".{nanos:09}").trim_end_matches('0');
+    }
+    out.push('Z');
+    out
+}
+
 fn parse_role(s: &str) -> Result<Role, String> {
     s.parse().map_err(|e: signet::keys::KeyError| e.to_string())
 }
@@ -170,7 +460,19 @@ fn open(common: &Common) -> anyhow::Result<KeyRing> {
 }
 
 fn run(command: Command) -> anyhow::Result<()> {
-    let Command::Hsm(hsm) = command;
+    let hsm = match command {
+        Command::Hsm(hsm) => hsm,
+        Command::Verify(verify) => return run_verify(verify),
+        Command::Speed { seconds, json } => {
+            let report = signet::speed::run(seconds)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+            } else {
+                print!("{}", report.table());
+            }
+            return Ok(());
+        }
+    };
     match hsm {
         HsmCommand::Init(common) => {
             let ring = open(&common)?;
@@ -301,4 +603,215 @@ fn print_table(keys: &[KeyInfo]) {
     if keys.is_empty() {
         println!("(no signet keys on this device; run `signet hsm init`)");
     }
+}
+
+/// Browsers' JSON is a few kilobytes; the engine refuses anything over its
+/// own limit anyway, this only keeps a wrong file or pipe from being read
+/// into memory whole.
+const INPUT_LIMIT: u64 = 1024 * 1024;
+
+fn read_input(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let (name, reader): (String, Box<dyn Read>) = if path == Path::new("-") {
+        ("stdin".into(), Box::new(std::io::stdin().lock()))
+    } else {
+        let file =
+            std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        (path.display().to_string(), Box::new(file))
+    };
+    let mut buf = Vec::new();
+    reader
+        .take(INPUT_LIMIT + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+    if buf.len() as u64 > INPUT_LIMIT {
+        anyhow::bail!("{name}: larger than {INPUT_LIMIT} bytes");
+    }
+    Ok(buf)
+}
+
+/// Every certificate in a PEM file, in order, each with its exact DER.
+fn read_roots(path: &Path) -> anyhow::Result<Vec<Cert>> {
+    const BEGIN: &str = "-----BEGIN ";
+    const END: &str = "-----END ";
+    let name = format!("--root {}", path.display());
+    let text = std::fs::read(path).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+    let text =
+        String::from_utf8(text).map_err(|_| anyhow::anyhow!("{name}: not a PEM text file"))?;
+    let mut certs = Vec::new();
+    let mut rest = text.as_str();
+    while let Some(start) = rest.find(BEGIN) {
+        let block = &rest[start..];
+        // The block ends after the dashes that close its END line.
+        let end = block
+            .find(END)
+            .and_then(|e| {
+                block[e + END.len()..]
+                    .find("-----")
+                    .map(|d| e + END.len() + d + 5)
+            })
+            .ok_or_else(|| {
+                anyhow::anyhow!("{name}: PEM block {} has no END line", certs.len() + 1)
+            })?;
+        let field = format!("{name}[{}]", certs.len());
+        let (label, der) = der::pem::decode_vec(&block.as_bytes()[..end])
+            .map_err(|e| anyhow::anyhow!("{field}: not PEM: {e}"))?;
+        if label != "CERTIFICATE" {
+            anyhow::bail!("{field}: a {label}, not a CERTIFICATE");
+        }
+        certs.push(Cert::parse(&der, field).map_err(engine_error)?);
+        rest = &block[end..];
+    }
+    if certs.is_empty() {
+        anyhow::bail!("{name}: no PEM certificate in the file");
+    }
+    Ok(certs)
+}
+
+/// The engine's error as one line: it already starts with the JSON path of
+/// the field; names from certificates and clients could carry line breaks.
+fn engine_error(e: webauthn::Error) -> anyhow::Error {
+    let line: String = e
+        .to_string()
+        .chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect();
+    anyhow::anyhow!(line)
+}
+
+fn relying_party(c: &Ceremony) -> RelyingParty {
+    let mut rp = RelyingParty::new(c.rp_id.clone(), c.origins.clone());
+    rp.allow_cross_origin = c.allow_cross_origin;
+    // The algorithms a deployment accepts are its configuration; here the
+    // question is only whether the ceremony verifies.
+    rp.algorithms = CoseAlgorithm::ALL.to_vec();
+    rp
+}
+
+fn user_verification(c: &Ceremony) -> UserVerification {
+    if c.require_uv {
+        UserVerification::Required
+    } else {
+        UserVerification::Preferred
+    }
+}
+
+fn flags_json(f: &Flags) -> serde_json::Value {
+    serde_json::json!({
+        "UP": f.up, "UV": f.uv, "BE": f.be, "BS": f.bs, "AT": f.at, "ED": f.ed,
+    })
+}
+
+fn uuid_text(b: &[u8; 16]) -> String {
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}
+
+fn run_verify(command: VerifyCommand) -> anyhow::Result<()> {
+    let verdict = match command {
+        VerifyCommand::Registration {
+            ceremony,
+            roots,
+            at,
+        } => {
+            let mut anchors = Vec::new();
+            for path in &roots {
+                anchors.extend(read_roots(path)?);
+            }
+            let json = read_input(&ceremony.file)?;
+            let response = RegistrationResponse::from_json(&json).map_err(engine_error)?;
+            let mut policy = AttestationPolicy {
+                formats: None,
+                allow_root_in_x5c: true,
+                ..AttestationPolicy::default()
+            };
+            if at.is_some() {
+                policy.safetynet_max_age = Duration::from_secs(24 * 3600);
+                policy.safetynet_max_skew = Duration::from_secs(24 * 3600);
+            }
+            let now = at.unwrap_or_else(SystemTime::now);
+            let rp = relying_party(&ceremony);
+            let exp = registration::Expectation {
+                rp: &rp,
+                challenge: &ceremony.challenge.0,
+                user_verification: user_verification(&ceremony),
+                require_user_presence: true,
+                policy: &policy,
+                trust_anchors: &anchors,
+                now,
+            };
+            let r = registration::verify(&response, &exp).map_err(engine_error)?;
+            serde_json::json!({
+                "fmt": r.fmt,
+                "attestationType": r.attestation_type.as_str(),
+                "aaguid": uuid_text(&r.aaguid),
+                "credentialId": b64url(&r.credential_id),
+                "credentialPublicKey": b64url(&r.public_key.cose),
+                "coseAlg": r.public_key.alg.id(),
+                "signCount": r.sign_count,
+                "flags": flags_json(&r.flags),
+                "trustPath": r.trust_path.iter().map(Cert::subject).collect::<Vec<_>>(),
+                "anchored": r.anchored,
+                "transports": r.transports,
+                "verifiedAt": format_rfc3339(now),
+            })
+        }
+        VerifyCommand::Assertion {
+            ceremony,
+            credential_key,
+            sign_count,
+            backup_eligible,
+            user_handle,
+        } => {
+            let json = read_input(&ceremony.file)?;
+            let response = AuthenticationResponse::from_json(&json).map_err(engine_error)?;
+            // Without --user-handle there is nothing to compare the response's
+            // own user handle with, so it stands for itself.
+            let handle = match (&user_handle, &response.user_handle) {
+                (Some(h), _) => h.0.clone(),
+                (None, Some(h)) => h.clone(),
+                (None, None) => Vec::new(),
+            };
+            let stored = assertion::StoredCredential {
+                id: &response.id,
+                public_key: &credential_key,
+                sign_count,
+                backup_eligible,
+                user_handle: &handle,
+            };
+            let rp = relying_party(&ceremony);
+            let exp = assertion::Expectation {
+                rp: &rp,
+                challenge: &ceremony.challenge.0,
+                user_verification: user_verification(&ceremony),
+                require_user_presence: true,
+                discoverable: user_handle.is_some(),
+                allow_payment: false,
+            };
+            let a = assertion::verify(&response, &stored, &exp).map_err(engine_error)?;
+            serde_json::json!({
+                "credentialId": b64url(&a.credential_id),
+                "signCount": a.sign_count,
+                "flags": flags_json(&a.flags),
+                "userVerified": a.user_verified,
+                "backupState": a.backup_state,
+                "userHandle": response.user_handle.as_deref().map(b64url),
+            })
+        }
+    };
+    println!("{}", serde_json::to_string_pretty(&verdict)?);
+    Ok(())
 }

@@ -3,7 +3,6 @@
 use super::authenticator_data::{AuthenticatorData, Flags};
 use super::client_data::{CeremonyType, ClientData};
 use super::cose_key::CredentialPublicKey;
-use super::registration::check_flags;
 use super::response::AuthenticationResponse;
 use super::{Error, RelyingParty, UserVerification, constant_time_eq};
 
@@ -90,18 +89,7 @@ pub fn verify(
     // Steps 14-18: authenticator data.
     let ad = "response.authenticatorData";
     let auth = AuthenticatorData::parse(&response.authenticator_data, ad)?;
-    if auth.rp_id_hash != exp.rp.rp_id_hash() {
-        return Err(Error::mismatch(
-            format!("{ad}.rpIdHash"),
-            format!("is not SHA-256 of the RP ID {:?}", exp.rp.id),
-        ));
-    }
-    check_flags(
-        &auth.flags,
-        exp.user_verification,
-        exp.require_user_presence,
-        ad,
-    )?;
+    auth.check(exp.rp, exp.user_verification, exp.require_user_presence, ad)?;
     if auth.flags.be != credential.backup_eligible {
         return Err(Error::mismatch(
             format!("{ad}.flags.BE"),

@@ -3,7 +3,7 @@
 //! no byte left over.
 
 use super::cose_key::CredentialPublicKey;
-use super::{Error, limits};
+use super::{Error, RelyingParty, UserVerification, limits};
 
 const FIELD: &str = "authenticatorData";
 
@@ -174,6 +174,45 @@ impl AuthenticatorData {
             attested,
             extensions,
         })
+    }
+}
+
+impl AuthenticatorData {
+    /// The checks both ceremonies make (§7.1 steps 13-17, §7.2 steps 15-18):
+    /// the rpIdHash, user presence and verification as required, and BS
+    /// only with BE.
+    pub fn check(
+        &self,
+        rp: &RelyingParty,
+        uv: UserVerification,
+        require_up: bool,
+        field: &str,
+    ) -> Result<(), Error> {
+        if self.rp_id_hash != rp.rp_id_hash() {
+            return Err(Error::mismatch(
+                format!("{field}.rpIdHash"),
+                format!("is not SHA-256 of the RP ID {:?}", rp.id),
+            ));
+        }
+        if require_up && !self.flags.up {
+            return Err(Error::policy(
+                format!("{field}.flags.UP"),
+                "user presence is required",
+            ));
+        }
+        if uv == UserVerification::Required && !self.flags.uv {
+            return Err(Error::policy(
+                format!("{field}.flags.UV"),
+                "user verification is required",
+            ));
+        }
+        if self.flags.bs && !self.flags.be {
+            return Err(Error::malformed(
+                format!("{field}.flags.BS"),
+                "backed up (BS) without backup eligibility (BE)",
+            ));
+        }
+        Ok(())
     }
 }
 

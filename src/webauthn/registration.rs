@@ -177,16 +177,9 @@ pub fn verify(
     let auth = &object.auth_data;
     let ad = format!("{AO}.authData");
 
-    // Step 13: rpIdHash.
-    if auth.rp_id_hash != exp.rp.rp_id_hash() {
-        return Err(Error::mismatch(
-            format!("{ad}.rpIdHash"),
-            format!("is not SHA-256 of the RP ID {:?}", exp.rp.id),
-        ));
-    }
-    // Steps 14-17: flags.
-    check_flags(
-        &auth.flags,
+    // Steps 13-17: rpIdHash and flags.
+    auth.check(
+        exp.rp,
         exp.user_verification,
         exp.require_user_presence,
         &ad,
@@ -244,32 +237,4 @@ pub fn verify(
         client_extension_results: response.client_extension_results.clone(),
         transports: response.transports.clone(),
     })
-}
-
-/// UP, UV and the backup flags, shared by both ceremonies.
-pub fn check_flags(
-    flags: &Flags,
-    uv: UserVerification,
-    require_up: bool,
-    ad: &str,
-) -> Result<(), Error> {
-    if require_up && !flags.up {
-        return Err(Error::policy(
-            format!("{ad}.flags.UP"),
-            "user presence is required",
-        ));
-    }
-    if uv == UserVerification::Required && !flags.uv {
-        return Err(Error::policy(
-            format!("{ad}.flags.UV"),
-            "user verification is required",
-        ));
-    }
-    if flags.bs && !flags.be {
-        return Err(Error::malformed(
-            format!("{ad}.flags.BS"),
-            "backed up (BS) without backup eligibility (BE)",
-        ));
-    }
-    Ok(())
 }

@@ -919,8 +919,11 @@ mod tests {
             serde_json::json!({"alg": "ES256", "x5c": vec![x5c.clone(); limits::X5C_CERTS + 1]}),
         );
         assert!(matches!(err, Error::TooLarge { .. }), "{err}");
-        let err =
-            header(serde_json::json!({"alg": "ES256", "x5c": [URL_SAFE_NO_PAD.encode(&leaf)]}));
+        // x5c is standard base64 (RFC 7515 §4.1.6), not base64url. A random
+        // certificate's base64url text may happen to contain neither '-'
+        // nor '_' and so be valid standard base64 too; force one in.
+        let url_safe = format!("-{}", &URL_SAFE_NO_PAD.encode(&leaf)[1..]);
+        let err = header(serde_json::json!({"alg": "ES256", "x5c": [url_safe]}));
         assert_eq!(err.field(), format!("{RESPONSE}.header.x5c[0]"));
         for alg in ["none", "HS256", "PS256", "es256"] {
             let err = header(serde_json::json!({"alg": alg, "x5c": [x5c]}));

@@ -24,8 +24,7 @@
 use der::Decode;
 use der::asn1::OctetString;
 
-use super::packed::check_members;
-use super::{AttestationType, Statement, Verified, alg_member, field};
+use super::{AttestationType, Statement, Verified, alg_member, check_members, field};
 use crate::webauthn::certpath::{self, oid};
 use crate::webauthn::{Error, constant_time_eq};
 

@@ -22,8 +22,7 @@
 //!   AAGUID and is refused for that reason alone.)
 //! - The credential key must be ES256 on P-256: U2F has no other.
 
-use super::packed::check_members;
-use super::{AttestationType, Statement, Verified, bytes_member, field};
+use super::{AttestationType, Statement, Verified, bytes_member, check_members, field};
 use crate::webauthn::certpath;
 use crate::webauthn::cose_key::{Curve, VerifyingKey};
 use crate::webauthn::{CoseAlgorithm, Error};

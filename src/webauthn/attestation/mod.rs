@@ -200,3 +200,48 @@ pub fn alg_member(stmt: &Statement<'_>) -> Result<i64, Error> {
 pub fn field(name: &str) -> String {
     format!("response.attestationObject.attStmt.{name}")
 }
+
+/// Refuses attStmt members other than `allowed`, non-text member names and
+/// repeated names: §8 defines each statement as a closed CDDL map, and with a
+/// repeated name two readers of the same bytes could see different
+/// statements. `ecdaaKeyId` gets its own message: ECDAA left WebAuthn in
+/// Level 3. Every name must be allowed and unique, so the scan stops within
+/// `allowed.len() + 1` entries however long the map is.
+pub fn check_members(stmt: &Statement<'_>, allowed: &[&str]) -> Result<(), Error> {
+    const ATT_STMT: &str = "response.attestationObject.attStmt";
+    let Value::Map(entries) = stmt.att_stmt else {
+        return Err(Error::WrongType {
+            field: ATT_STMT.into(),
+            expected: "a CBOR map",
+        });
+    };
+    for (i, (key, _)) in entries.iter().enumerate() {
+        let Value::Text(name) = key else {
+            return Err(Error::malformed(
+                ATT_STMT,
+                "member names must be text strings",
+            ));
+        };
+        if name == "ecdaaKeyId" {
+            return Err(Error::policy(
+                field("ecdaaKeyId"),
+                "ECDAA is not part of WebAuthn Level 3 and is not accepted",
+            ));
+        }
+        if !allowed.contains(&name.as_str()) {
+            return Err(Error::malformed(
+                field(&shorten(name)),
+                format!("is not a member of a {:?} attestation statement", stmt.fmt),
+            ));
+        }
+        if entries.iter().take(i).any(|(k, _)| k == key) {
+            return Err(Error::malformed(field(name), "appears more than once"));
+        }
+    }
+    Ok(())
+}
+
+/// At most 64 characters of an attacker-chosen string, for error messages.
+pub fn shorten(text: &str) -> String {
+    text.chars().take(64).collect()
+}

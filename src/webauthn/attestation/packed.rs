@@ -34,7 +34,7 @@ use der::Decode;
 use der::asn1::{ObjectIdentifier, OctetString};
 use x509_cert::ext::pkix::name::DirectoryString;
 
-use super::{AttestationType, Statement, Verified, alg_member, bytes_member, field};
+use super::{AttestationType, Statement, Verified, alg_member, bytes_member, check_members, field};
 use crate::webauthn::certpath::{self, Cert, oid};
 use crate::webauthn::cose_key::VerifyingKey;
 use crate::webauthn::{CoseAlgorithm, Error};
@@ -47,12 +47,6 @@ pub fn verify(stmt: &Statement<'_>) -> Result<Verified, Error> {
         return Err(Error::Empty {
             field: ATT_STMT.into(),
         });
-    }
-    if stmt.member("ecdaaKeyId").is_some() {
-        return Err(Error::policy(
-            field("ecdaaKeyId"),
-            "ECDAA attestation was removed from WebAuthn Level 3 and is not accepted",
-        ));
     }
     check_members(stmt, &["alg", "sig", "x5c"])?;
     let alg_id = alg_member(stmt)?;
@@ -108,46 +102,6 @@ pub fn verify(stmt: &Statement<'_>) -> Result<Verified, Error> {
             })
         }
     }
-}
-
-/// Refuses attStmt members other than `allowed`, non-text member names and
-/// repeated names: §8 defines each statement as a closed CDDL map, and with a
-/// repeated name two readers of the same bytes could see different
-/// statements. Shared by the formats of this family (packed, fido-u2f,
-/// apple).
-pub(super) fn check_members(stmt: &Statement<'_>, allowed: &[&str]) -> Result<(), Error> {
-    let Value::Map(entries) = stmt.att_stmt else {
-        return Err(Error::WrongType {
-            field: ATT_STMT.into(),
-            expected: "a CBOR map",
-        });
-    };
-    for (key, _) in entries {
-        let Value::Text(name) = key else {
-            return Err(Error::malformed(
-                ATT_STMT,
-                "member names must be text strings",
-            ));
-        };
-        if !allowed.contains(&name.as_str()) {
-            return Err(Error::malformed(
-                field(name),
-                format!("is not a member of a {:?} attestation statement", stmt.fmt),
-            ));
-        }
-    }
-    // Every name is allowed now, so the scan is bounded by allowed.len()
-    // passes however long the map is.
-    for name in allowed {
-        let count = entries
-            .iter()
-            .filter(|(k, _)| matches!(k, Value::Text(t) if t == name))
-            .count();
-        if count > 1 {
-            return Err(Error::malformed(field(name), "appears more than once"));
-        }
-    }
-    Ok(())
 }
 
 /// An attestation `alg` names a hash and a signature scheme; the key decides

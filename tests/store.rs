@@ -1,0 +1,1110 @@
+//! The store contract, as backend-neutral functions over `&dyn Store` (module
+//! `suite`), run here against a fresh `SledStore` per test. A second backend
+//! runs the same functions by adding its own `backend_tests!` invocation.
+//! Backend-specific checks (on-disk corruption, schema marker, directory mode)
+//! follow at the end.
+
+use std::path::Path;
+
+use signet::store::sled_store::{SCHEMA_FORMAT, SCHEMA_VERSION, SEGMENT_SIZE, trees};
+use signet::store::{SledStore, Store, StoreError};
+
+pub mod suite {
+    use std::collections::BTreeSet;
+    use std::sync::Barrier;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::thread;
+
+    use aws_lc_rs::digest::{SHA256, digest};
+    use signet::store::{
+        AUDIT_GENESIS_PREV_HASH, AuditEntry, CeremonyRecord, Checkpoint, CredentialRecord, OneTime,
+        Store, StoreError, User, limits,
+    };
+
+    pub fn user(id: &[u8], name: &str) -> User {
+        User {
+            id: id.to_vec(),
+            name: name.into(),
+            display_name: format!("{name} (display)"),
+            created_ms: 1_700_000_000_000,
+        }
+    }
+
+    pub fn credential(id: &[u8], user_id: &[u8]) -> CredentialRecord {
+        CredentialRecord {
+            id: id.to_vec(),
+            user_id: user_id.to_vec(),
+            public_key_cose: vec![0xa5, 1, 2, 3, 4],
+            sign_count: 0,
+            backup_eligible: true,
+            backup_state: false,
+            aaguid: [7; 16],
+            fmt: "packed".into(),
+            attestation_type: "basic".into(),
+            transports: vec!["usb".into(), "nfc".into()],
+            created_ms: 1_700_000_000_000,
+            last_used_ms: None,
+            flagged: None,
+        }
+    }
+
+    pub fn ceremony(id: u8, expires_ms: u64) -> CeremonyRecord {
+        CeremonyRecord {
+            id: [id; 16],
+            kind: "authentication".into(),
+            challenge: vec![id; 32],
+            user_id: Some(vec![1, 2, 3]),
+            expires_ms,
+            payload: b"{\"uv\":\"required\"}".to_vec(),
+        }
+    }
+
+    /// What the audit module does inside `build`: hash seq, previous hash
+    /// and body together.
+    pub fn audit_hash(seq: u64, prev: &[u8; 32], body: &[u8]) -> [u8; 32] {
+        let mut input = seq.to_be_bytes().to_vec();
+        input.extend_from_slice(prev);
+        input.extend_from_slice(body);
+        let mut out = [0; 32];
+        out.copy_from_slice(digest(&SHA256, &input).as_ref());
+        out
+    }
+
+    pub fn append_result(store: &dyn Store, body: &[u8]) -> Result<AuditEntry, StoreError> {
+        store.append_audit(&mut |seq, prev_hash| {
+            Ok(AuditEntry {
+                seq,
+                prev_hash,
+                hash: audit_hash(seq, &prev_hash, body),
+                body: body.to_vec(),
+            })
+        })
+    }
+
+    pub fn append(store: &dyn Store, body: &[u8]) -> AuditEntry {
+        append_result(store, body).unwrap()
+    }
+
+    /// Entries `1..=n` exist, in order, each chained to its predecessor and
+    /// carrying the hash of its own contents.
+    pub fn assert_chain(store: &dyn Store, n: u64) {
+        let entries = store.audit_range(1, usize::MAX).unwrap();
+        assert_eq!(entries.len() as u64, n);
+        let mut prev = AUDIT_GENESIS_PREV_HASH;
+        for (i, entry) in entries.iter().enumerate() {
+            assert_eq!(entry.seq, i as u64 + 1);
+            assert_eq!(entry.prev_hash, prev, "chain broken at {}", entry.seq);
+            assert_eq!(entry.hash, audit_hash(entry.seq, &prev, &entry.body));
+            prev = entry.hash;
+        }
+        if n > 0 {
+            assert_eq!(store.audit_last().unwrap().unwrap().seq, n);
+        }
+    }
+
+    pub fn users(store: &dyn Store) {
+        let alice = user(b"alice-handle", "alice");
+        store.put_user(&alice).unwrap();
+        assert_eq!(
+            store.user_by_id(b"alice-handle").unwrap(),
+            Some(alice.clone())
+        );
+        assert_eq!(store.user_by_name("alice").unwrap(), Some(alice.clone()));
+        assert_eq!(store.user_by_id(b"nobody").unwrap(), None);
+        assert_eq!(store.user_by_name("nobody").unwrap(), None);
+        // Names are exact: normalization is the caller's job.
+        assert_eq!(store.user_by_name("Alice").unwrap(), None);
+
+        assert!(matches!(
+            store.put_user(&user(b"other-handle", "alice")),
+            Err(StoreError::Exists { what: "user name" })
+        ));
+        assert!(matches!(
+            store.put_user(&user(b"alice-handle", "mallory")),
+            Err(StoreError::Exists { what: "user id" })
+        ));
+        // A refused put leaves no trace.
+        assert_eq!(store.user_by_id(b"other-handle").unwrap(), None);
+        assert_eq!(store.user_by_name("mallory").unwrap(), None);
+        assert_eq!(store.user_by_name("alice").unwrap(), Some(alice));
+
+        assert!(matches!(
+            store.put_user(&user(b"", "empty")),
+            Err(StoreError::Invalid {
+                field: "user id",
+                ..
+            })
+        ));
+        assert!(matches!(
+            store.put_user(&user(&[1; limits::USER_ID_MAX + 1], "long")),
+            Err(StoreError::TooLarge {
+                field: "user id",
+                limit: 64
+            })
+        ));
+        store
+            .put_user(&user(&[1; limits::USER_ID_MAX], "max"))
+            .unwrap();
+        assert!(matches!(
+            store.put_user(&user(b"x", &"n".repeat(limits::USER_NAME_MAX + 1))),
+            Err(StoreError::TooLarge {
+                field: "user name",
+                ..
+            })
+        ));
+    }
+
+    pub fn users_race(store: &dyn Store) {
+        let wins = AtomicUsize::new(0);
+        let barrier = Barrier::new(32);
+        thread::scope(|s| {
+            for i in 0..32u8 {
+                let (wins, barrier) = (&wins, &barrier);
+                s.spawn(move || {
+                    barrier.wait();
+                    match store.put_user(&user(&[i + 1; 8], "contested")) {
+                        Ok(()) => {
+                            wins.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Err(StoreError::Exists { what: "user name" }) => {}
+                        Err(e) => panic!("{e}"),
+                    }
+                });
+            }
+        });
+        assert_eq!(wins.load(Ordering::SeqCst), 1);
+        let winner = store.user_by_name("contested").unwrap().unwrap();
+        assert_eq!(store.user_by_id(&winner.id).unwrap(), Some(winner));
+    }
+
+    pub fn credentials(store: &dyn Store) {
+        // User ids that are prefixes of each other must not share index
+        // ranges.
+        store.put_user(&user(&[1], "one")).unwrap();
+        store.put_user(&user(&[1, 2], "one-two")).unwrap();
+        assert!(matches!(
+            store.insert_credential(&credential(b"orphan", b"no-such-user")),
+            Err(StoreError::NotFound { what: "user" })
+        ));
+
+        let c1 = credential(&[2, 0xa1], &[1]);
+        let c2 = credential(&[2, 0xa2], &[1]);
+        let c3 = credential(&[0xb1], &[1, 2]);
+        for c in [&c2, &c1, &c3] {
+            store.insert_credential(c).unwrap();
+        }
+        assert_eq!(store.credential(&c1.id).unwrap(), Some(c1.clone()));
+        assert_eq!(store.credential(b"unknown").unwrap(), None);
+        assert_eq!(
+            store.credentials_by_user(&[1]).unwrap(),
+            vec![c1.clone(), c2.clone()]
+        );
+        assert_eq!(
+            store.credentials_by_user(&[1, 2]).unwrap(),
+            vec![c3.clone()]
+        );
+        assert_eq!(store.credentials_by_user(b"nobody").unwrap(), vec![]);
+        assert_eq!(store.credentials_by_user(b"").unwrap(), vec![]);
+
+        // Never re-bound: not to another user, not even to the same one.
+        assert!(matches!(
+            store.insert_credential(&credential(&c1.id, &[1, 2])),
+            Err(StoreError::Exists {
+                what: "credential id"
+            })
+        ));
+        assert!(matches!(
+            store.insert_credential(&c1),
+            Err(StoreError::Exists {
+                what: "credential id"
+            })
+        ));
+        assert_eq!(store.credential(&c1.id).unwrap().unwrap().user_id, vec![1]);
+        assert_eq!(
+            store.credentials_by_user(&[1, 2]).unwrap(),
+            vec![c3.clone()]
+        );
+
+        assert!(store.delete_credential(&c1.id).unwrap());
+        assert_eq!(store.credential(&c1.id).unwrap(), None);
+        assert_eq!(store.credentials_by_user(&[1]).unwrap(), vec![c2.clone()]);
+        assert!(!store.delete_credential(&c1.id).unwrap());
+        assert!(!store.delete_credential(b"never-existed").unwrap());
+        assert!(store.delete_credential(&c2.id).unwrap());
+        assert_eq!(store.credentials_by_user(&[1]).unwrap(), vec![]);
+        assert_eq!(
+            store.credentials_by_user(&[1, 2]).unwrap(),
+            vec![c3.clone()]
+        );
+
+        store
+            .set_credential_flag(&c3.id, Some("mds: KEY_COMPROMISE"))
+            .unwrap();
+        assert_eq!(
+            store
+                .credential(&c3.id)
+                .unwrap()
+                .unwrap()
+                .flagged
+                .as_deref(),
+            Some("mds: KEY_COMPROMISE")
+        );
+        store.set_credential_flag(&c3.id, None).unwrap();
+        assert_eq!(store.credential(&c3.id).unwrap().unwrap(), c3);
+        assert!(matches!(
+            store.set_credential_flag(b"unknown", Some("x")),
+            Err(StoreError::NotFound { what: "credential" })
+        ));
+
+        assert!(matches!(
+            store.insert_credential(&credential(&[9; limits::CREDENTIAL_ID_MAX + 1], &[1])),
+            Err(StoreError::TooLarge {
+                field: "credential id",
+                limit: 1023
+            })
+        ));
+        store
+            .insert_credential(&credential(&[9; limits::CREDENTIAL_ID_MAX], &[1]))
+            .unwrap();
+        let mut big_key = credential(b"big-key", &[1]);
+        big_key.public_key_cose = vec![0; limits::PUBLIC_KEY_MAX + 1];
+        assert!(matches!(
+            store.insert_credential(&big_key),
+            Err(StoreError::TooLarge {
+                field: "public key",
+                ..
+            })
+        ));
+    }
+
+    pub fn credentials_race(store: &dyn Store) {
+        for i in 0..32u8 {
+            store.put_user(&user(&[i + 1], &format!("u{i}"))).unwrap();
+        }
+        let barrier = Barrier::new(32);
+        let wins = AtomicUsize::new(0);
+        thread::scope(|s| {
+            for i in 0..32u8 {
+                let (wins, barrier) = (&wins, &barrier);
+                s.spawn(move || {
+                    barrier.wait();
+                    match store.insert_credential(&credential(b"contested", &[i + 1])) {
+                        Ok(()) => {
+                            wins.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Err(StoreError::Exists { .. }) => {}
+                        Err(e) => panic!("{e}"),
+                    }
+                });
+            }
+        });
+        assert_eq!(wins.load(Ordering::SeqCst), 1);
+        let owner = store.credential(b"contested").unwrap().unwrap().user_id;
+        let listed: usize = (0..32u8)
+            .map(|i| store.credentials_by_user(&[i + 1]).unwrap().len())
+            .sum();
+        assert_eq!(listed, 1);
+        assert_eq!(store.credentials_by_user(&owner).unwrap().len(), 1);
+    }
+
+    pub fn counters(store: &dyn Store) {
+        store.put_user(&user(b"u", "u")).unwrap();
+        store.insert_credential(&credential(b"c", b"u")).unwrap();
+
+        // Authenticators without a counter report zero forever.
+        store.update_after_assertion(b"c", 0, false, 10).unwrap();
+        store.update_after_assertion(b"c", 0, true, 11).unwrap();
+        let c = store.credential(b"c").unwrap().unwrap();
+        assert_eq!(
+            (c.sign_count, c.backup_state, c.last_used_ms),
+            (0, true, Some(11))
+        );
+
+        store.update_after_assertion(b"c", 5, false, 20).unwrap();
+        for (received, at) in [(5, 21), (4, 22), (0, 23)] {
+            match store.update_after_assertion(b"c", received, true, at) {
+                Err(StoreError::CounterRegression {
+                    stored: 5,
+                    received: r,
+                }) => {
+                    assert_eq!(r, received)
+                }
+                other => panic!("count {received}: {other:?}"),
+            }
+        }
+        // Refusals change nothing.
+        let c = store.credential(b"c").unwrap().unwrap();
+        assert_eq!(
+            (c.sign_count, c.backup_state, c.last_used_ms),
+            (5, false, Some(20))
+        );
+
+        store
+            .update_after_assertion(b"c", u32::MAX, true, 30)
+            .unwrap();
+        let c = store.credential(b"c").unwrap().unwrap();
+        assert_eq!(
+            (c.sign_count, c.backup_state, c.last_used_ms),
+            (u32::MAX, true, Some(30))
+        );
+        assert!(matches!(
+            store.update_after_assertion(b"c", u32::MAX, true, 31),
+            Err(StoreError::CounterRegression { .. })
+        ));
+        assert!(matches!(
+            store.update_after_assertion(b"missing", 1, false, 1),
+            Err(StoreError::NotFound { what: "credential" })
+        ));
+    }
+
+    pub fn counters_race(store: &dyn Store) {
+        const THREADS: u32 = 64;
+        const ROUNDS: u32 = 20;
+        store.put_user(&user(b"u", "u")).unwrap();
+        store.insert_credential(&credential(b"c", b"u")).unwrap();
+
+        // Each thread submits increasing counts interleaved with the others';
+        // only the acknowledged ones count.
+        let barrier = Barrier::new(THREADS as usize);
+        let acked: Vec<Vec<u32>> = thread::scope(|s| {
+            let handles: Vec<_> = (0..THREADS)
+                .map(|t| {
+                    let barrier = &barrier;
+                    s.spawn(move || {
+                        barrier.wait();
+                        let mut acked = Vec::new();
+                        for round in 0..ROUNDS {
+                            let count = round * THREADS + t + 1;
+                            match store.update_after_assertion(b"c", count, false, u64::from(count))
+                            {
+                                Ok(()) => acked.push(count),
+                                Err(StoreError::CounterRegression { stored, received }) => {
+                                    assert!(stored >= received);
+                                }
+                                Err(e) => panic!("{e}"),
+                            }
+                        }
+                        acked
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let all: BTreeSet<u32> = acked.iter().flatten().copied().collect();
+        assert_eq!(all.len(), acked.iter().map(Vec::len).sum::<usize>());
+        // The highest count can never be refused, and nothing acknowledged
+        // after it may have overwritten it.
+        let highest = THREADS * ROUNDS;
+        assert_eq!(all.last().copied(), Some(highest));
+        let c = store.credential(b"c").unwrap().unwrap();
+        assert_eq!(c.sign_count, highest);
+        assert_eq!(c.last_used_ms, Some(u64::from(highest)));
+
+        // A compare-and-swap, not a read-then-write: of many submitting the
+        // same next count, one wins.
+        let barrier = Barrier::new(THREADS as usize);
+        let wins = AtomicUsize::new(0);
+        thread::scope(|s| {
+            for _ in 0..THREADS {
+                let (barrier, wins) = (&barrier, &wins);
+                s.spawn(move || {
+                    barrier.wait();
+                    match store.update_after_assertion(b"c", highest + 1, true, 0) {
+                        Ok(()) => {
+                            wins.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Err(StoreError::CounterRegression { .. }) => {}
+                        Err(e) => panic!("{e}"),
+                    }
+                });
+            }
+        });
+        assert_eq!(wins.load(Ordering::SeqCst), 1);
+    }
+
+    pub fn ceremonies(store: &dyn Store) {
+        let live = ceremony(1, 10_000);
+        store.put_ceremony(&live).unwrap();
+        assert!(matches!(
+            store.put_ceremony(&live),
+            Err(StoreError::Exists { what: "ceremony" })
+        ));
+        assert!(
+            store
+                .peek_one_time(OneTime::Ceremony, &live.id, 5_000)
+                .is_ok()
+        );
+        assert_eq!(store.consume_ceremony(&live.id, 9_999).unwrap(), live);
+        assert!(matches!(
+            store.consume_ceremony(&live.id, 9_999),
+            Err(StoreError::AlreadyConsumed { what: "ceremony" })
+        ));
+        assert!(matches!(
+            store.peek_one_time(OneTime::Ceremony, &live.id, 9_999),
+            Err(StoreError::AlreadyConsumed { .. })
+        ));
+        // The tombstone also keeps the id from being issued again.
+        assert!(matches!(
+            store.put_ceremony(&live),
+            Err(StoreError::Exists { what: "ceremony" })
+        ));
+        assert!(matches!(
+            store.consume_ceremony(&[0xee; 16], 0),
+            Err(StoreError::NotFound { what: "ceremony" })
+        ));
+
+        // Expiry is judged by the caller's clock: `now >= expires` is too late.
+        let short = ceremony(2, 1_000);
+        store.put_ceremony(&short).unwrap();
+        assert!(matches!(
+            store.peek_one_time(OneTime::Ceremony, &short.id, 1_000),
+            Err(StoreError::Expired { .. })
+        ));
+        assert!(matches!(
+            store.consume_ceremony(&short.id, 1_000),
+            Err(StoreError::Expired { what: "ceremony" })
+        ));
+        // Removed, yet still reported as expired rather than unknown, even
+        // to a caller whose clock is behind.
+        assert!(matches!(
+            store.consume_ceremony(&short.id, 0),
+            Err(StoreError::Expired { .. })
+        ));
+
+        // Namespaces are separate: the same id is another object elsewhere.
+        store
+            .put_one_time(OneTime::RegistrationToken, &live.id, 10_000, b"token")
+            .unwrap();
+        assert_eq!(
+            store
+                .consume_one_time(OneTime::RegistrationToken, &live.id, 1)
+                .unwrap(),
+            b"token"
+        );
+        assert!(matches!(
+            store.consume_one_time(OneTime::Pairing, &live.id, 1),
+            Err(StoreError::NotFound { what: "pairing" })
+        ));
+
+        let mut big = ceremony(3, 10_000);
+        big.payload = vec![0; limits::CEREMONY_PAYLOAD_MAX];
+        store.put_ceremony(&big).unwrap();
+        assert_eq!(store.consume_ceremony(&big.id, 0).unwrap(), big);
+        // Every field at its limit still fits a one-time body.
+        let largest = CeremonyRecord {
+            id: [5; 16],
+            kind: "k".repeat(limits::CEREMONY_KIND_MAX),
+            challenge: vec![1; limits::CHALLENGE_MAX],
+            user_id: Some(vec![2; limits::USER_ID_MAX]),
+            expires_ms: u64::MAX,
+            payload: vec![3; limits::CEREMONY_PAYLOAD_MAX],
+        };
+        store.put_ceremony(&largest).unwrap();
+        assert_eq!(store.consume_ceremony(&largest.id, 0).unwrap(), largest);
+        let mut too_big = ceremony(4, 10_000);
+        too_big.payload = vec![0; limits::CEREMONY_PAYLOAD_MAX + 1];
+        assert!(matches!(
+            store.put_ceremony(&too_big),
+            Err(StoreError::TooLarge {
+                field: "ceremony payload",
+                limit: 65536
+            })
+        ));
+        assert!(matches!(
+            store.consume_ceremony(&too_big.id, 0),
+            Err(StoreError::NotFound { .. })
+        ));
+        assert!(matches!(
+            store.put_one_time(
+                OneTime::Transaction,
+                b"t",
+                1,
+                &vec![0; limits::ONE_TIME_BODY_MAX + 1]
+            ),
+            Err(StoreError::TooLarge {
+                field: "one-time body",
+                ..
+            })
+        ));
+        assert!(matches!(
+            store.put_one_time(
+                OneTime::Transaction,
+                &[0; limits::ONE_TIME_ID_MAX + 1],
+                1,
+                b""
+            ),
+            Err(StoreError::TooLarge {
+                field: "one-time id",
+                ..
+            })
+        ));
+    }
+
+    pub fn ceremonies_race(store: &dyn Store) {
+        const THREADS: usize = 100;
+        for round in 0..5u8 {
+            let c = ceremony(round, 10_000);
+            store.put_ceremony(&c).unwrap();
+            let barrier = Barrier::new(THREADS);
+            let (won, spent) = (AtomicUsize::new(0), AtomicUsize::new(0));
+            thread::scope(|s| {
+                for _ in 0..THREADS {
+                    let (barrier, won, spent, c) = (&barrier, &won, &spent, &c);
+                    s.spawn(move || {
+                        barrier.wait();
+                        match store.consume_ceremony(&c.id, 5_000) {
+                            Ok(got) => {
+                                assert_eq!(&got, c);
+                                won.fetch_add(1, Ordering::SeqCst);
+                            }
+                            Err(StoreError::AlreadyConsumed { .. }) => {
+                                spent.fetch_add(1, Ordering::SeqCst);
+                            }
+                            Err(e) => panic!("{e}"),
+                        }
+                    });
+                }
+            });
+            assert_eq!(won.load(Ordering::SeqCst), 1, "round {round}");
+            assert_eq!(spent.load(Ordering::SeqCst), THREADS - 1, "round {round}");
+        }
+    }
+
+    pub fn sweep(store: &dyn Store) {
+        let grace = store.tombstone_grace_ms();
+        assert!(
+            grace > 1_000,
+            "the schedule below assumes a grace above 1 s"
+        );
+        let kind = OneTime::Transaction;
+        store.put_one_time(kind, b"a", 1_000, b"a").unwrap();
+        store.put_one_time(kind, b"b", 2_000, b"b").unwrap();
+        store
+            .put_one_time(kind, b"long", grace * 10, b"long")
+            .unwrap();
+        store.put_one_time(kind, b"used", 1_500, b"used").unwrap();
+        store.consume_one_time(kind, b"used", 500).unwrap();
+        assert_eq!(store.sweep_expired(999, 100).unwrap(), 0);
+
+        // At 2.5 s: a and b expired and become tombstones; "used"'s
+        // tombstone is within its grace; "long" is alive.
+        assert_eq!(store.sweep_expired(2_500, 100).unwrap(), 2);
+        assert_eq!(store.sweep_expired(2_500, 100).unwrap(), 0);
+        assert!(matches!(
+            store.consume_one_time(kind, b"a", 2_500),
+            Err(StoreError::Expired { .. })
+        ));
+        assert!(matches!(
+            store.consume_one_time(kind, b"used", 2_500),
+            Err(StoreError::AlreadyConsumed { .. })
+        ));
+        assert_eq!(store.peek_one_time(kind, b"long", 2_500).unwrap(), b"long");
+
+        // Past every grace period the tombstones go; the id is then unknown.
+        let later = 2_000 + grace + 1;
+        assert_eq!(store.sweep_expired(later, 100).unwrap(), 3);
+        for id in [&b"a"[..], b"b", b"used"] {
+            assert!(matches!(
+                store.consume_one_time(kind, id, later),
+                Err(StoreError::NotFound { .. })
+            ));
+        }
+        assert_eq!(
+            store.consume_one_time(kind, b"long", later).unwrap(),
+            b"long"
+        );
+
+        // Bounded work per call.
+        for i in 0..10u8 {
+            store
+                .put_one_time(OneTime::Pairing, &[i], later + 10, b"")
+                .unwrap();
+        }
+        let now = later + 10;
+        assert_eq!(store.sweep_expired(now, 4).unwrap(), 4);
+        assert_eq!(store.sweep_expired(now, 4).unwrap(), 4);
+        assert_eq!(store.sweep_expired(now, 4).unwrap(), 2);
+        assert_eq!(store.sweep_expired(now, 4).unwrap(), 0);
+        assert_eq!(store.sweep_expired(now, 0).unwrap(), 0);
+        for i in 0..10u8 {
+            assert!(matches!(
+                store.consume_one_time(OneTime::Pairing, &[i], now),
+                Err(StoreError::Expired { .. })
+            ));
+        }
+    }
+
+    pub fn audit(store: &dyn Store) {
+        assert_eq!(store.audit_last().unwrap(), None);
+        assert_eq!(store.audit_range(1, 10).unwrap(), vec![]);
+        let first = append(store, b"one");
+        assert_eq!((first.seq, first.prev_hash), (1, AUDIT_GENESIS_PREV_HASH));
+        let second = append(store, b"two");
+        assert_eq!((second.seq, second.prev_hash), (2, first.hash));
+        let third = append(store, b"three");
+        assert_eq!((third.seq, third.prev_hash), (3, second.hash));
+        assert_chain(store, 3);
+        assert_eq!(store.audit_range(2, 1).unwrap(), vec![second.clone()]);
+        assert_eq!(
+            store.audit_range(0, 2).unwrap(),
+            vec![first.clone(), second.clone()]
+        );
+        assert_eq!(store.audit_range(4, 10).unwrap(), vec![]);
+
+        // The store, not the builder, decides seq and previous hash; a
+        // refused or failed build appends nothing.
+        let wrong_seq = store.append_audit(&mut |seq, prev_hash| {
+            Ok(AuditEntry {
+                seq: seq + 1,
+                prev_hash,
+                hash: [0; 32],
+                body: vec![],
+            })
+        });
+        assert!(matches!(wrong_seq, Err(StoreError::Invalid { .. })));
+        let wrong_prev = store.append_audit(&mut |seq, _| {
+            Ok(AuditEntry {
+                seq,
+                prev_hash: [1; 32],
+                hash: [0; 32],
+                body: vec![],
+            })
+        });
+        assert!(matches!(wrong_prev, Err(StoreError::Invalid { .. })));
+        let failed = store.append_audit(&mut |_, _| {
+            Err(StoreError::Invalid {
+                field: "test",
+                detail: "builder failed".into(),
+            })
+        });
+        assert!(matches!(
+            failed,
+            Err(StoreError::Invalid { field: "test", .. })
+        ));
+        let too_big = store.append_audit(&mut |seq, prev_hash| {
+            Ok(AuditEntry {
+                seq,
+                prev_hash,
+                hash: [0; 32],
+                body: vec![0; limits::AUDIT_BODY_MAX + 1],
+            })
+        });
+        assert!(matches!(
+            too_big,
+            Err(StoreError::TooLarge {
+                field: "audit body",
+                ..
+            })
+        ));
+        assert_chain(store, 3);
+
+        let checkpoint = Checkpoint {
+            seq: 2,
+            hash: second.hash,
+            kid: "audit-checkpoint-kid".into(),
+            signature: vec![0x30; 70],
+            time_ms: 42,
+        };
+        assert_eq!(store.last_checkpoint().unwrap(), None);
+        store.put_checkpoint(&checkpoint).unwrap();
+        assert!(matches!(
+            store.put_checkpoint(&checkpoint),
+            Err(StoreError::Exists { what: "checkpoint" })
+        ));
+        let forged = Checkpoint {
+            seq: 3,
+            hash: second.hash,
+            ..checkpoint.clone()
+        };
+        assert!(matches!(
+            store.put_checkpoint(&forged),
+            Err(StoreError::Conflict { .. })
+        ));
+        let ahead = Checkpoint {
+            seq: 99,
+            ..checkpoint.clone()
+        };
+        assert!(matches!(
+            store.put_checkpoint(&ahead),
+            Err(StoreError::Conflict { .. })
+        ));
+        let at_third = Checkpoint {
+            seq: 3,
+            hash: third.hash,
+            ..checkpoint.clone()
+        };
+        store.put_checkpoint(&at_third).unwrap();
+        assert_eq!(
+            store.checkpoints(0, 10).unwrap(),
+            vec![checkpoint.clone(), at_third.clone()]
+        );
+        assert_eq!(store.checkpoints(3, 10).unwrap(), vec![at_third.clone()]);
+        assert_eq!(store.checkpoints(1, 1).unwrap(), vec![checkpoint]);
+        assert_eq!(store.last_checkpoint().unwrap(), Some(at_third));
+    }
+
+    pub fn audit_race(store: &dyn Store) {
+        const THREADS: usize = 16;
+        const EACH: usize = 50;
+        let barrier = Barrier::new(THREADS);
+        thread::scope(|s| {
+            for t in 0..THREADS {
+                let barrier = &barrier;
+                s.spawn(move || {
+                    barrier.wait();
+                    for i in 0..EACH {
+                        append(store, format!("thread {t} entry {i}").as_bytes());
+                    }
+                });
+            }
+        });
+        assert_chain(store, (THREADS * EACH) as u64);
+        let bodies: BTreeSet<Vec<u8>> = store
+            .audit_range(1, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.body)
+            .collect();
+        assert_eq!(bodies.len(), THREADS * EACH);
+    }
+
+    /// First half of the durability check: writes one of everything. The
+    /// backend then closes and reopens the store and calls [`reopened`].
+    pub fn before_reopen(store: &dyn Store) {
+        store.put_user(&user(b"durable", "durable")).unwrap();
+        store
+            .insert_credential(&credential(b"cred", b"durable"))
+            .unwrap();
+        store
+            .insert_credential(&credential(b"gone", b"durable"))
+            .unwrap();
+        assert!(store.delete_credential(b"gone").unwrap());
+        store.update_after_assertion(b"cred", 41, true, 99).unwrap();
+        store.put_ceremony(&ceremony(1, 10_000)).unwrap();
+        store.put_ceremony(&ceremony(2, 10_000)).unwrap();
+        store.consume_ceremony(&[1; 16], 10).unwrap();
+        for i in 0..5 {
+            append(store, format!("entry {i}").as_bytes());
+        }
+        let last = store.audit_last().unwrap().unwrap();
+        store
+            .put_checkpoint(&Checkpoint {
+                seq: last.seq,
+                hash: last.hash,
+                kid: "k".into(),
+                signature: vec![1],
+                time_ms: 1,
+            })
+            .unwrap();
+    }
+
+    pub fn reopened(store: &dyn Store) {
+        assert_eq!(
+            store.user_by_name("durable").unwrap().unwrap().id,
+            b"durable"
+        );
+        let cred = store.credential(b"cred").unwrap().unwrap();
+        assert_eq!(
+            (cred.sign_count, cred.backup_state, cred.last_used_ms),
+            (41, true, Some(99))
+        );
+        assert_eq!(store.credential(b"gone").unwrap(), None);
+        assert_eq!(store.credentials_by_user(b"durable").unwrap(), vec![cred]);
+        assert!(matches!(
+            store.update_after_assertion(b"cred", 41, true, 100),
+            Err(StoreError::CounterRegression { stored: 41, .. })
+        ));
+        assert!(matches!(
+            store.consume_ceremony(&[1; 16], 20),
+            Err(StoreError::AlreadyConsumed { .. })
+        ));
+        assert_eq!(store.consume_ceremony(&[2; 16], 20).unwrap().id, [2; 16]);
+        assert_chain(store, 5);
+        assert_eq!(store.last_checkpoint().unwrap().unwrap().seq, 5);
+        // The chain continues where it stopped.
+        assert_eq!(append(store, b"after reopen").seq, 6);
+        assert_chain(store, 6);
+    }
+}
+
+/// Runs each named `suite` function against a fresh store from `$open`
+/// (a `fn(&Path) -> impl Store`, given an empty temporary directory).
+macro_rules! backend_tests {
+    ($backend:ident, $open:expr, [$($name:ident),* $(,)?]) => {
+        mod $backend {
+            $(
+                #[test]
+                fn $name() {
+                    let dir = tempfile::tempdir().unwrap();
+                    let store = ($open)(dir.path());
+                    super::suite::$name(&store);
+                }
+            )*
+        }
+    };
+}
+
+fn open_sled(dir: &Path) -> SledStore {
+    SledStore::open(&dir.join("store")).unwrap()
+}
+
+backend_tests!(
+    sled_backend,
+    super::open_sled,
+    [
+        users,
+        users_race,
+        credentials,
+        credentials_race,
+        counters,
+        counters_race,
+        ceremonies,
+        ceremonies_race,
+        sweep,
+        audit,
+        audit_race,
+    ]
+);
+
+#[test]
+fn sled_durability_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    suite::before_reopen(&open_sled(dir.path()));
+    suite::reopened(&open_sled(dir.path()));
+}
+
+/// Writes raw bytes under `key` in `tree`, with the store closed.
+fn write_raw(dir: &Path, tree: &str, key: &[u8], value: &[u8]) {
+    let db = sled::Config::new()
+        .path(dir.join("store"))
+        .segment_size(SEGMENT_SIZE)
+        .open()
+        .unwrap();
+    db.open_tree(tree).unwrap().insert(key, value).unwrap();
+    db.flush().unwrap();
+}
+
+fn assert_corrupt<T: std::fmt::Debug>(result: Result<T, StoreError>, want_tree: &str) {
+    match result {
+        Err(StoreError::Corrupt { tree, key, detail }) => {
+            assert_eq!(tree, want_tree, "{key}: {detail}");
+            assert!(!key.is_empty());
+        }
+        other => panic!("expected Corrupt in {want_tree}, got {other:?}"),
+    }
+}
+
+#[test]
+fn sled_corrupt_records_are_reported_not_panicked_on() {
+    use signet::store::OneTime;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open_sled(dir.path());
+        store.put_user(&suite::user(b"u", "u")).unwrap();
+        store
+            .insert_credential(&suite::credential(b"c", b"u"))
+            .unwrap();
+        store
+            .insert_credential(&suite::credential(b"d", b"u"))
+            .unwrap();
+        store.put_ceremony(&suite::ceremony(1, 10_000)).unwrap();
+        store.put_ceremony(&suite::ceremony(2, 10_000)).unwrap();
+        store.consume_ceremony(&[2; 16], 1).unwrap();
+        suite::append(&store, b"one");
+        suite::append(&store, b"two");
+    }
+    let mut ceremony_key = vec![OneTime::Ceremony.tag()];
+    ceremony_key.extend_from_slice(&[1; 16]);
+    let mut tombstone_key = vec![OneTime::Ceremony.tag()];
+    tombstone_key.extend_from_slice(&[2; 16]);
+    write_raw(dir.path(), trees::USERS, b"u", b"\xff\x00garbage");
+    write_raw(dir.path(), trees::CREDENTIALS, b"c", b"");
+    write_raw(dir.path(), trees::ONE_TIME, &ceremony_key, b"\x82\x01\x01");
+    write_raw(dir.path(), trees::TOMBSTONES, &tombstone_key, b"\x18");
+    write_raw(dir.path(), trees::AUDIT, &2u64.to_be_bytes(), b"\xa0");
+
+    let store = open_sled(dir.path());
+    assert_corrupt(store.user_by_id(b"u"), trees::USERS);
+    assert_corrupt(store.user_by_name("u"), trees::USERS);
+    assert_corrupt(store.credential(b"c"), trees::CREDENTIALS);
+    assert_corrupt(store.credentials_by_user(b"u"), trees::CREDENTIALS);
+    assert_corrupt(
+        store.update_after_assertion(b"c", 1, false, 1),
+        trees::CREDENTIALS,
+    );
+    assert_corrupt(store.delete_credential(b"c"), trees::CREDENTIALS);
+    assert_corrupt(store.consume_ceremony(&[1; 16], 5), trees::ONE_TIME);
+    assert_corrupt(store.consume_ceremony(&[2; 16], 5), trees::TOMBSTONES);
+    assert_corrupt(store.audit_range(1, 10), trees::AUDIT);
+    assert_corrupt(store.audit_last(), trees::AUDIT);
+    assert_corrupt(suite::append_result(&store, b"three"), trees::AUDIT);
+
+    // A failed operation on a corrupt record changes nothing: the intact
+    // credential is still there and listed through the same index.
+    assert!(store.credential(b"d").unwrap().is_some());
+    assert!(store.update_after_assertion(b"d", 1, false, 1).is_ok());
+    // The sweeper steps over a corrupt object instead of stalling on it.
+    assert!(store.sweep_expired(20_000, 100).unwrap() >= 1);
+    assert_eq!(store.sweep_expired(20_000, 100).unwrap(), 0);
+    assert_corrupt(store.consume_ceremony(&[1; 16], 5), trees::ONE_TIME);
+}
+
+#[test]
+fn sled_schema_marker_is_checked() {
+    #[derive(serde::Serialize)]
+    struct Marker<'a> {
+        format: &'a str,
+        version: u32,
+    }
+    fn marker(format: &str, version: u32) -> Vec<u8> {
+        let mut out = Vec::new();
+        ciborium::into_writer(&Marker { format, version }, &mut out).unwrap();
+        out
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    drop(open_sled(dir.path()));
+    // Reopening a store this build wrote is fine.
+    drop(open_sled(dir.path()));
+
+    write_raw(
+        dir.path(),
+        trees::META,
+        trees::SCHEMA_KEY,
+        &marker(SCHEMA_FORMAT, SCHEMA_VERSION + 1),
+    );
+    match SledStore::open(&dir.path().join("store")) {
+        Err(StoreError::UnsupportedVersion { found, supported }) => {
+            assert_eq!((found, supported), (SCHEMA_VERSION + 1, SCHEMA_VERSION));
+        }
+        other => panic!("{other:?}"),
+    }
+    write_raw(
+        dir.path(),
+        trees::META,
+        trees::SCHEMA_KEY,
+        &marker("something-else", 1),
+    );
+    assert_corrupt(SledStore::open(&dir.path().join("store")), trees::META);
+    write_raw(dir.path(), trees::META, trees::SCHEMA_KEY, b"\xff");
+    assert_corrupt(SledStore::open(&dir.path().join("store")), trees::META);
+
+    // A sled database with data but no marker was not written by signet.
+    let foreign = tempfile::tempdir().unwrap();
+    write_raw(foreign.path(), trees::USERS, b"u", b"x");
+    assert_corrupt(SledStore::open(&foreign.path().join("store")), trees::META);
+}
+
+#[cfg(unix)]
+#[test]
+fn sled_directory_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nested").join("store");
+    drop(SledStore::open(&path).unwrap());
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&path), 0o700);
+
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    drop(SledStore::open(&path).unwrap());
+    assert_eq!(mode(&path), 0o700);
+
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"").unwrap();
+    assert!(matches!(SledStore::open(&file), Err(StoreError::Io(_))));
+}
+
+/// sled never fsyncs the files it writes oversized pages to (`blobs/`), so
+/// the store must keep every page below that size; see `SEGMENT_SIZE`.
+#[test]
+fn sled_largest_records_never_become_unsynced_blobs() {
+    use signet::store::{AuditEntry, CeremonyRecord, OneTime, limits};
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_sled(dir.path());
+    // Sequential ids pack the largest records into the same leaves.
+    for i in 0..120u8 {
+        let mut id = [0; 16];
+        id[15] = i;
+        store
+            .put_ceremony(&CeremonyRecord {
+                id,
+                kind: "k".repeat(limits::CEREMONY_KIND_MAX),
+                challenge: vec![i; limits::CHALLENGE_MAX],
+                user_id: Some(vec![i; limits::USER_ID_MAX]),
+                expires_ms: 1_000 + u64::from(i),
+                payload: vec![i; limits::CEREMONY_PAYLOAD_MAX],
+            })
+            .unwrap();
+        store
+            .put_one_time(
+                OneTime::Transaction,
+                &[i; limits::ONE_TIME_ID_MAX],
+                1_000,
+                &vec![i; limits::ONE_TIME_BODY_MAX],
+            )
+            .unwrap();
+        store
+            .append_audit(&mut |seq, prev_hash| {
+                Ok(AuditEntry {
+                    seq,
+                    prev_hash,
+                    hash: [i; 32],
+                    body: vec![i; limits::AUDIT_BODY_MAX],
+                })
+            })
+            .unwrap();
+        if i % 2 == 0 {
+            store.consume_ceremony(&id, 0).unwrap();
+        }
+    }
+    store.sweep_expired(2_000, usize::MAX).unwrap();
+    store.flush().unwrap();
+    let blobs: Vec<_> = match std::fs::read_dir(dir.path().join("store").join("blobs")) {
+        Ok(entries) => entries.map(|e| e.unwrap().file_name()).collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => vec![],
+        Err(e) => panic!("{e}"),
+    };
+    assert!(blobs.is_empty(), "sled wrote blobs: {blobs:?}");
+}
+
+#[test]
+fn background_sweeper_purges_with_an_injected_clock() {
+    use signet::store::{OneTime, Sweeper};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(open_sled(dir.path()));
+    let clock = Arc::new(AtomicU64::new(0));
+    for i in 0..25u8 {
+        store
+            .put_one_time(OneTime::Pairing, &[i], 1_000, b"p")
+            .unwrap();
+    }
+    store.consume_one_time(OneTime::Pairing, &[0], 10).unwrap();
+    let now = {
+        let clock = clock.clone();
+        Box::new(move || clock.load(Ordering::SeqCst))
+    };
+    let sweeper = Sweeper::spawn(store.clone(), now, Duration::from_millis(5), 4).unwrap();
+
+    // Past every tombstone's grace, the sweeper first turns the objects into
+    // tombstones, then purges them; "unknown" means both passes happened.
+    clock.store(1_000 + store.tombstone_grace_ms(), Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let all_gone = || {
+        (0..25u8).all(|i| {
+            matches!(
+                store.peek_one_time(OneTime::Pairing, &[i], 0),
+                Err(StoreError::NotFound { .. })
+            )
+        })
+    };
+    while !all_gone() {
+        assert!(Instant::now() < deadline, "sweeper made no progress");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(sweeper);
+    assert_eq!(store.sweep_expired(u64::MAX, 100).unwrap(), 0);
+}

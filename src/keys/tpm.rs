@@ -19,7 +19,7 @@
 //!   drops the whole connection; the next request reconnects, re-derives the
 //!   primary and starts with an empty handle cache, so the process never needs
 //!   a restart. Reconnects are throttled so a dead TPM costs at most one
-//!   connect attempt per [`RECONNECT_INTERVAL`], not one per request.
+//!   connect attempt per `RECONNECT_INTERVAL`, not one per request.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;

@@ -3,7 +3,7 @@
 //! key: its KeyDescription extension (1.3.6.1.4.1.11129.2.1.17) says who
 //! asked for it (attestationChallenge), where it was made and what it may do.
 //!
-//! The AuthorizationLists inside use EXPLICIT context tags up to [7xx], in the
+//! The AuthorizationLists inside use EXPLICIT context tags up to `[7xx]`, in the
 //! high-tag-number form. der 0.8 decodes those tags, but each list is read
 //! entry by entry as `AnyRef`s rather than through a derived struct: every
 //! Android release adds tags, and an unknown one must not fail the parse.

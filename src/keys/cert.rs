@@ -517,12 +517,26 @@ mod tests {
             EcdsaSignature::from_raw(&signature.to_bytes())
         }
 
-        fn ecdh(&self, _kid: &Kid, _peer: &EcPublicKey) -> Result<SharedSecret, KeyError> {
-            unimplemented!("not needed for certificates")
+        fn ecdh(&self, kid: &Kid, peer: &EcPublicKey) -> Result<SharedSecret, KeyError> {
+            let keys = self.keys.lock().unwrap();
+            let (stored, secret) = keys
+                .iter()
+                .find(|(k, _)| &k.kid == kid)
+                .ok_or(KeyError::KeyNotFound(*kid))?;
+            assert_eq!(stored.role.purpose(), Purpose::KeyAgreement, "device refuses");
+            let shared =
+                p256::ecdh::diffie_hellman(secret.to_nonzero_scalar(), peer.to_p256().as_affine());
+            SharedSecret::from_slice(&shared.raw_secret_bytes()[..])
         }
 
-        fn retire(&self, _kid: &Kid) -> Result<(), KeyError> {
-            unimplemented!("not needed for certificates")
+        fn retire(&self, kid: &Kid) -> Result<(), KeyError> {
+            let mut keys = self.keys.lock().unwrap();
+            let (stored, _) = keys
+                .iter_mut()
+                .find(|(k, _)| &k.kid == kid)
+                .ok_or(KeyError::KeyNotFound(*kid))?;
+            stored.retired = true;
+            Ok(())
         }
 
         fn ping(&self) -> Result<(), KeyError> {

@@ -523,7 +523,11 @@ mod tests {
                 .iter()
                 .find(|(k, _)| &k.kid == kid)
                 .ok_or(KeyError::KeyNotFound(*kid))?;
-            assert_eq!(stored.role.purpose(), Purpose::KeyAgreement, "device refuses");
+            assert_eq!(
+                stored.role.purpose(),
+                Purpose::KeyAgreement,
+                "device refuses"
+            );
             let shared =
                 p256::ecdh::diffie_hellman(secret.to_nonzero_scalar(), peer.to_p256().as_affine());
             SharedSecret::from_slice(&shared.raw_secret_bytes()[..])

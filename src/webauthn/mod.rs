@@ -130,6 +130,25 @@ impl Error {
         }
     }
 
+    /// The field, for callers that re-root errors (a compound statement's
+    /// parts report `attStmt[i]...`); `None` for errors about no single field.
+    pub fn field_mut(&mut self) -> Option<&mut String> {
+        match self {
+            Error::Missing { field }
+            | Error::WrongType { field, .. }
+            | Error::Empty { field }
+            | Error::NotBase64Url { field }
+            | Error::TooLarge { field, .. }
+            | Error::Malformed { field, .. }
+            | Error::Mismatch { field, .. }
+            | Error::Policy { field, .. }
+            | Error::BadSignature { field }
+            | Error::Algorithm { field, .. }
+            | Error::CertPath { field, .. } => Some(field),
+            Error::CounterNotIncreased { .. } => None,
+        }
+    }
+
     /// A stable machine-readable kind, for problem+json `type` and metrics.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -185,21 +185,9 @@ fn relocate_field(field: &str, i: usize) -> Option<String> {
 }
 
 fn relocate(mut error: Error, i: usize) -> Error {
-    let field = match &mut error {
-        Error::Missing { field }
-        | Error::WrongType { field, .. }
-        | Error::Empty { field }
-        | Error::NotBase64Url { field }
-        | Error::TooLarge { field, .. }
-        | Error::Malformed { field, .. }
-        | Error::Mismatch { field, .. }
-        | Error::Policy { field, .. }
-        | Error::BadSignature { field }
-        | Error::Algorithm { field, .. }
-        | Error::CertPath { field, .. } => field,
-        Error::CounterNotIncreased { .. } => return error,
-    };
-    if let Some(moved) = relocate_field(field, i) {
+    if let Some(field) = error.field_mut()
+        && let Some(moved) = relocate_field(field, i)
+    {
         *field = moved;
     }
     error

@@ -143,21 +143,31 @@ fn parse_document(json: &[u8]) -> Result<Map<String, Value>, Error> {
     }
 }
 
+/// The members both responses share: the credential object, its id (after
+/// the envelope checks), the `response` object and `clientDataJSON`.
+#[allow(clippy::type_complexity)]
+fn common(
+    v: &Value,
+) -> Result<(&Map<String, Value>, Vec<u8>, &Map<String, Value>, Vec<u8>), Error> {
+    let obj = object(v, "credential")?;
+    let id = envelope(obj)?;
+    let response = object(member(obj, "response", "")?, "response")?;
+    let client_data_json = b64_member(
+        response,
+        "clientDataJSON",
+        "response.",
+        limits::CLIENT_DATA_JSON,
+    )?;
+    Ok((obj, id, response, client_data_json))
+}
+
 impl RegistrationResponse {
     pub fn from_json(json: &[u8]) -> Result<RegistrationResponse, Error> {
         Self::from_value(&Value::Object(parse_document(json)?))
     }
 
     pub fn from_value(v: &Value) -> Result<RegistrationResponse, Error> {
-        let obj = object(v, "credential")?;
-        let id = envelope(obj)?;
-        let response = object(member(obj, "response", "")?, "response")?;
-        let client_data_json = b64_member(
-            response,
-            "clientDataJSON",
-            "response.",
-            limits::CLIENT_DATA_JSON,
-        )?;
+        let (obj, id, response, client_data_json) = common(v)?;
         let attestation_object = b64_member(
             response,
             "attestationObject",
@@ -195,15 +205,7 @@ impl AuthenticationResponse {
     }
 
     pub fn from_value(v: &Value) -> Result<AuthenticationResponse, Error> {
-        let obj = object(v, "credential")?;
-        let id = envelope(obj)?;
-        let response = object(member(obj, "response", "")?, "response")?;
-        let client_data_json = b64_member(
-            response,
-            "clientDataJSON",
-            "response.",
-            limits::CLIENT_DATA_JSON,
-        )?;
+        let (obj, id, response, client_data_json) = common(v)?;
         let authenticator_data = b64_member(
             response,
             "authenticatorData",

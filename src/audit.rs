@@ -142,11 +142,13 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::keys::{EcPublicKey, EcdsaSignature, KeyError, KeyInfo, KeyRing, Role, sha256};
+use crate::store::{AuditEntry, Checkpoint, Store, StoreError};
 
 /// The body format version written into every body as `v`.
 pub const FORMAT_VERSION: u64 = 1;
@@ -845,6 +847,294 @@ fn write_string(out: &mut Vec<u8>, s: &str) {
         }
     }
     out.push(b'"');
+}
+
+// ---- the log over a store ----
+
+/// Entries per [`Store::audit_range`] call while verifying: large enough that
+/// a million-record chain takes a thousand reads, small enough that a page of
+/// the largest bodies stays a few megabytes.
+pub const VERIFY_PAGE: usize = 1000;
+
+/// Why [`AuditLog`] could not append, checkpoint or verify. Separate from
+/// [`AuditError`], which is this module's pure logic and knows no store.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditLogError {
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    #[error("audit store: {0}")]
+    Store(StoreError),
+}
+
+impl From<StoreError> for AuditLogError {
+    /// Recovers an [`AuditError`] that [`audit_to_store`] wrapped to pass it
+    /// through the store's `build` callback, so a refused event is reported
+    /// as such and not as a store failure.
+    fn from(error: StoreError) -> AuditLogError {
+        match error {
+            StoreError::Backend(inner) => match inner.downcast::<AuditError>() {
+                Ok(audit) => AuditLogError::Audit(*audit),
+                Err(other) => AuditLogError::Store(StoreError::Backend(other)),
+            },
+            other => AuditLogError::Store(other),
+        }
+    }
+}
+
+/// An [`AuditError`] raised inside [`Store::append_audit`]'s `build`
+/// callback, which can only return a [`StoreError`]. [`AuditLogError`]'s
+/// `From<StoreError>` unwraps it again.
+pub fn audit_to_store(error: AuditError) -> StoreError {
+    StoreError::Backend(Box::new(error))
+}
+
+impl From<SignedCheckpoint> for Checkpoint {
+    fn from(c: SignedCheckpoint) -> Checkpoint {
+        Checkpoint {
+            seq: c.seq,
+            hash: c.hash,
+            kid: c.kid,
+            signature: c.signature,
+            time_ms: c.time_ms,
+        }
+    }
+}
+
+impl From<Checkpoint> for SignedCheckpoint {
+    fn from(c: Checkpoint) -> SignedCheckpoint {
+        SignedCheckpoint {
+            seq: c.seq,
+            hash: c.hash,
+            kid: c.kid,
+            signature: c.signature,
+            time_ms: c.time_ms,
+        }
+    }
+}
+
+impl From<AuditEntry> for RawRecord {
+    fn from(e: AuditEntry) -> RawRecord {
+        (e.seq, e.prev_hash, e.hash, e.body)
+    }
+}
+
+/// The audit log: appends events to a [`Store`]'s chain, checkpoints it
+/// under a [`CheckpointPolicy`], and verifies it. Holds no state of its own
+/// beyond the store, so any number of instances may share one store.
+pub struct AuditLog {
+    store: Arc<dyn Store>,
+    policy: CheckpointPolicy,
+}
+
+impl fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuditLog {
+    pub fn new(store: Arc<dyn Store>, policy: CheckpointPolicy) -> AuditLog {
+        AuditLog { store, policy }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn policy(&self) -> CheckpointPolicy {
+        self.policy
+    }
+
+    /// Appends `event` and, when `ring` is given and the policy says so,
+    /// checkpoints the new head at the event's time. Blocks on the store's
+    /// fsync and on the key device: call it off the async reactor.
+    ///
+    /// Returns the entry once it is durable. A checkpoint that then fails is
+    /// logged as a warning and not returned as an error: the entry is already
+    /// in the chain, and a caller told "failed" would log the event twice on
+    /// retry. The next append or [`AuditLog::checkpoint_now`] finds the
+    /// checkpoint still due and covers the entry.
+    pub fn append(
+        &self,
+        event: &AuditEvent,
+        ring: Option<&KeyRing>,
+    ) -> Result<AuditEntry, AuditLogError> {
+        let entry = self.store.append_audit(&mut |seq, prev_hash| {
+            let (body, hash) = build_entry(seq, prev_hash, event).map_err(audit_to_store)?;
+            Ok(AuditEntry {
+                seq,
+                prev_hash,
+                hash,
+                body,
+            })
+        })?;
+        if let Some(ring) = ring
+            && let Err(e) = self.checkpoint_if_due(ring, &entry, event.time_ms)
+        {
+            tracing::warn!(
+                seq = entry.seq,
+                error = %e,
+                "audit entry appended but not checkpointed; retried at the next append or timer"
+            );
+        }
+        Ok(entry)
+    }
+
+    fn checkpoint_if_due(
+        &self,
+        ring: &KeyRing,
+        entry: &AuditEntry,
+        now_ms: u64,
+    ) -> Result<(), AuditLogError> {
+        let (last_seq, last_time) = self
+            .store
+            .last_checkpoint()?
+            .map_or((0, 0), |c| (c.seq, c.time_ms));
+        if !self.policy.due(last_seq, last_time, entry.seq, now_ms) {
+            return Ok(());
+        }
+        let signed = sign_checkpoint(ring, entry.seq, entry.hash, now_ms)?;
+        self.put(signed).map(|_| ())
+    }
+
+    /// Checkpoints the chain's head at `now_ms` unless it already is; `None`
+    /// when there was nothing to do. For a timer, so that the records after
+    /// the last policy-triggered checkpoint do not stay protected by the
+    /// chain alone while the log is quiet.
+    pub fn checkpoint_now(
+        &self,
+        ring: &KeyRing,
+        now_ms: u64,
+    ) -> Result<Option<SignedCheckpoint>, AuditLogError> {
+        let Some(head) = self.store.audit_last()? else {
+            return Ok(None);
+        };
+        if let Some(last) = self.store.last_checkpoint()?
+            && last.seq >= head.seq
+        {
+            return Ok(None);
+        }
+        let signed = sign_checkpoint(ring, head.seq, head.hash, now_ms)?;
+        self.put(signed)
+    }
+
+    /// Stores a checkpoint; `None` if another writer checkpointed the same
+    /// record first, which leaves that record just as covered.
+    fn put(&self, signed: SignedCheckpoint) -> Result<Option<SignedCheckpoint>, AuditLogError> {
+        match self.store.put_checkpoint(&Checkpoint::from(signed.clone())) {
+            Ok(()) => Ok(Some(signed)),
+            Err(StoreError::Exists { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// [`verify_store`] on this log's store.
+    pub fn verify(
+        &self,
+        keys: &HashMap<String, EcPublicKey>,
+    ) -> Result<VerifyReport, AuditLogError> {
+        verify_store(self.store.as_ref(), keys)
+    }
+}
+
+/// Verifies the chain and checkpoints held by `store` with [`verify_chain`],
+/// reading the chain [`VERIFY_PAGE`] records at a time so memory stays
+/// bounded however long it is. A record that cannot be read ends the check
+/// as a [`Reason::Read`] finding; only failing to load the checkpoints is an
+/// error.
+///
+/// The checkpoints are loaded before the chain is read: a writer appending
+/// meanwhile then only adds records past the newest checkpoint seen, never a
+/// checkpoint past the records read, which would look like truncation.
+pub fn verify_store(
+    store: &dyn Store,
+    keys: &HashMap<String, EcPublicKey>,
+) -> Result<VerifyReport, AuditLogError> {
+    let mut checkpoints: Vec<SignedCheckpoint> = Vec::new();
+    let mut from = 1;
+    loop {
+        let page = store.checkpoints(from, VERIFY_PAGE)?;
+        let full = page.len() == VERIFY_PAGE;
+        let Some(next) = page.last().and_then(|c| c.seq.checked_add(1)) else {
+            break;
+        };
+        checkpoints.extend(page.into_iter().map(SignedCheckpoint::from));
+        if !full {
+            break;
+        }
+        from = next;
+    }
+    Ok(verify_chain(StorePages::new(store), &checkpoints, keys))
+}
+
+/// The chain of a store as an iterator, one [`Store::audit_range`] page at a
+/// time. Ends after the first read error, which it yields.
+struct StorePages<'a> {
+    store: &'a dyn Store,
+    /// The seq to read from next; `None` once the chain is exhausted.
+    next: Option<u64>,
+    page: std::vec::IntoIter<AuditEntry>,
+}
+
+impl<'a> StorePages<'a> {
+    fn new(store: &'a dyn Store) -> StorePages<'a> {
+        StorePages {
+            store,
+            next: Some(1),
+            page: Vec::new().into_iter(),
+        }
+    }
+}
+
+impl Iterator for StorePages<'_> {
+    type Item = Result<RawRecord, StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(entry) = self.page.next() {
+            return Some(Ok(entry.into()));
+        }
+        let from = self.next?;
+        match self.store.audit_range(from, VERIFY_PAGE) {
+            Ok(page) => {
+                // Continue after the last seq returned, not after `from +
+                // len`, so a gap in the chain is passed to the verifier
+                // rather than skipped over or read twice.
+                self.next = match page.last() {
+                    Some(last) if page.len() == VERIFY_PAGE => last.seq.checked_add(1),
+                    _ => None,
+                };
+                self.page = page.into_iter();
+                self.page.next().map(|e| Ok(e.into()))
+            }
+            Err(e) => {
+                self.next = None;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+impl VerifyReport {
+    /// The report as JSON, as `signet audit verify --json` prints it. Hashes
+    /// are lowercase hex; reasons are their display text.
+    pub fn to_json(&self) -> Value {
+        let finding =
+            |b: &Broken| serde_json::json!({ "seq": b.seq, "reason": b.reason.to_string() });
+        serde_json::json!({
+            "intact": self.is_intact(),
+            "records": self.records,
+            "last_seq": self.last_seq,
+            "last_hash": hex(&self.last_hash),
+            "checkpoints": self.checkpoints,
+            "checkpoints_verified": self.checkpoints_verified,
+            "covered_seq": self.covered_seq,
+            "first_broken": self.first_broken.as_ref().map(finding),
+            "findings": self.findings.iter().map(finding).collect::<Vec<_>>(),
+            "findings_omitted": self.findings_omitted,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -1620,5 +1910,115 @@ mod tests {
             first(&report).reason,
             Reason::CheckpointUnknownKey { .. }
         ));
+    }
+
+    // ---- the log over a store ----
+
+    fn sled_log(every_records: u64) -> (tempfile::TempDir, AuditLog) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::SledStore::open(&dir.path().join("store")).unwrap();
+        let policy = CheckpointPolicy {
+            every_records,
+            every_ms: 0,
+        };
+        (dir, AuditLog::new(Arc::new(store), policy))
+    }
+
+    fn checkpoint_ring() -> KeyRing {
+        KeyRing::new(Arc::new(MemoryBackend::new(&[(Role::AuditCheckpoint, 4)])))
+    }
+
+    #[test]
+    fn the_log_checkpoints_by_policy_and_on_demand() {
+        let (_dir, log) = sled_log(10);
+        let ring = checkpoint_ring();
+        for seq in 1..=25 {
+            let entry = log.append(&event(seq), Some(&ring)).unwrap();
+            assert_eq!(entry.seq, seq);
+        }
+        let seqs = |log: &AuditLog| -> Vec<u64> {
+            log.store()
+                .checkpoints(1, 100)
+                .unwrap()
+                .iter()
+                .map(|c| c.seq)
+                .collect()
+        };
+        assert_eq!(seqs(&log), [10, 20]);
+
+        let tail = log.checkpoint_now(&ring, T0 + 99_000).unwrap().unwrap();
+        assert_eq!((tail.seq, tail.time_ms), (25, T0 + 99_000));
+        assert!(log.checkpoint_now(&ring, T0 + 99_001).unwrap().is_none());
+        assert_eq!(seqs(&log), [10, 20, 25]);
+
+        let keys = checkpoint_keys(&ring.list().unwrap());
+        let report = log.verify(&keys).unwrap();
+        assert!(report.is_intact(), "{report}");
+        assert_eq!(report.records, 25);
+        assert_eq!(report.checkpoints_verified, 3);
+        assert_eq!(report.covered_seq, 25);
+        assert_eq!(report.to_json()["intact"], true);
+
+        // Without the key the same checkpoints are findings.
+        let report = log.verify(&HashMap::new()).unwrap();
+        assert_eq!(first(&report).seq, 10);
+        assert_eq!(report.to_json()["first_broken"]["seq"], 10);
+    }
+
+    #[test]
+    fn checkpoint_now_on_an_empty_log_does_nothing() {
+        let (_dir, log) = sled_log(10);
+        assert!(
+            log.checkpoint_now(&checkpoint_ring(), T0)
+                .unwrap()
+                .is_none()
+        );
+        let report = log.verify(&HashMap::new()).unwrap();
+        assert!(report.is_intact());
+        assert_eq!(report.records, 0);
+    }
+
+    #[test]
+    fn a_refused_event_is_an_audit_error_and_appends_nothing() {
+        let (_dir, log) = sled_log(1);
+        let mut bad = event(1);
+        bad.actor.clear();
+        let err = log.append(&bad, None).unwrap_err();
+        assert!(
+            matches!(err, AuditLogError::Audit(AuditError::InvalidEvent(_))),
+            "{err:?}"
+        );
+        assert!(log.store().audit_last().unwrap().is_none());
+
+        // A store error that is not a wrapped audit error stays a store error.
+        let err = AuditLogError::from(StoreError::Backend("disk on fire".into()));
+        assert!(matches!(err, AuditLogError::Store(_)), "{err:?}");
+    }
+
+    #[test]
+    fn an_append_whose_checkpoint_fails_still_succeeds() {
+        let (_dir, log) = sled_log(1);
+        // No audit-checkpoint key: signing fails after the entry is durable.
+        let ring = KeyRing::new(Arc::new(MemoryBackend::new(&[(Role::TokenSigning, 3)])));
+        let entry = log.append(&event(1), Some(&ring)).unwrap();
+        assert_eq!(entry.seq, 1);
+        assert!(log.store().last_checkpoint().unwrap().is_none());
+        assert!(matches!(
+            log.checkpoint_now(&ring, T0),
+            Err(AuditLogError::Audit(AuditError::Key(_)))
+        ));
+        // The next append with a working key covers the pending record too.
+        let ring = checkpoint_ring();
+        log.append(&event(2), Some(&ring)).unwrap();
+        assert_eq!(log.store().last_checkpoint().unwrap().unwrap().seq, 2);
+    }
+
+    #[test]
+    fn checkpoints_convert_to_and_from_the_store_record() {
+        let signer = test_signer(7);
+        let signed = signer.checkpoint(3, [9; 32], T0);
+        let stored = Checkpoint::from(signed.clone());
+        assert_eq!(stored.kid, signed.kid);
+        assert_eq!(SignedCheckpoint::from(stored), signed);
     }
 }

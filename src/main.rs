@@ -4,14 +4,18 @@
 //! prints its verdict as JSON); errors are one line on stderr with exit code
 //! 1, usage errors exit 2.
 
+use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand};
+use signet::audit::{AuditEvent, AuditLog, CheckpointPolicy, checkpoint_keys};
 use signet::keys::cert::{self, ExportFormat};
-use signet::keys::{KeyInfo, KeyRing, Kid, Profile, Role};
+use signet::keys::{EcPublicKey, KeyInfo, KeyRing, Kid, Profile, Role};
+use signet::store::SledStore;
 use signet::webauthn::attestation::AttestationPolicy;
 use signet::webauthn::authenticator_data::Flags;
 use signet::webauthn::certpath::Cert;
@@ -59,6 +63,9 @@ enum Command {
     /// and print the verdict as JSON.
     #[command(subcommand)]
     Verify(VerifyCommand),
+    /// Check the audit log in a data directory.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Measure the engine's verification rate on this machine (one thread)
     /// against a bare P-256 signature verification.
     Speed {
@@ -82,11 +89,27 @@ struct Common {
     json: bool,
 }
 
+/// Where an officer action is audited.
+#[derive(Args)]
+struct OfficerAudit {
+    /// Append this action to the audit log in the service's data directory,
+    /// checkpointed at once with the audit-checkpoint key. Only while the service
+    /// is stopped: sled locks the directory, so while the service holds it the
+    /// officer uses the service's API instead, which audits the action itself.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum HsmCommand {
     /// Create the missing role keys (idempotent): token-signing, token-encryption,
     /// approval-countersign, audit-checkpoint.
-    Init(Common),
+    Init {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        audit: OfficerAudit,
+    },
     /// List signet's keys with the protection attributes read back from the device.
     List(Common),
     /// Add a new version of a role's key; it becomes active and the previous one
@@ -97,6 +120,8 @@ enum HsmCommand {
         /// token-signing, token-encryption, approval-countersign or audit-checkpoint.
         #[arg(long, value_parser = parse_role)]
         role: Role,
+        #[command(flatten)]
+        audit: OfficerAudit,
     },
     /// Disable a verify-only key on the device for good (the active key cannot be retired).
     Retire {
@@ -105,6 +130,8 @@ enum HsmCommand {
         /// The key id as `hsm list` shows it.
         #[arg(long, value_parser = parse_kid)]
         kid: Kid,
+        #[command(flatten)]
+        audit: OfficerAudit,
     },
     /// Print a role's active public key for pinning.
     Export {
@@ -192,6 +219,37 @@ the roots is a rejection."
         /// response must then carry it (a discoverable credential).
         #[arg(long, value_name = "B64URL", value_parser = parse_b64url)]
         user_handle: Option<Bytes>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Verify the audit log's hash chain and its signed checkpoints.
+    #[command(
+        long_about = "Verify the audit log's hash chain and its signed checkpoints, reading the \
+chain in pages, and print the report (text, or JSON with --json). Exit status: 0 intact, 1 broken \
+(stderr names the first broken record), 2 usage.\n\n\
+Checkpoints are verified with the audit-checkpoint public keys: every version on the device \
+with --profile (retired ones included), and/or SPKI PEM files with --checkpoint-key, as \
+`signet hsm export --role audit-checkpoint` prints them. A checkpoint by any other key is a \
+finding, so with no keys at all any checkpoint fails.\n\n\
+The store is opened read-write, because sled has no read-only mode; nothing is written. sled \
+locks the directory: stop the service first, or verify a copy of the directory."
+    )]
+    Verify {
+        /// The service's data directory.
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// HSM profile whose audit-checkpoint keys verify the checkpoints.
+        #[arg(long, value_name = "FILE")]
+        profile: Option<PathBuf>,
+        /// An audit-checkpoint public key, SPKI PEM (repeat for several files; a file
+        /// may hold several keys).
+        #[arg(long = "checkpoint-key", value_name = "PEM")]
+        checkpoint_keys: Vec<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -452,7 +510,13 @@ fn init_logging(filter: &str, json: bool) {
 /// Loads the profile and opens its device. Runs before any thread exists, so
 /// applying the profile's environment is sound here.
 fn open(common: &Common) -> anyhow::Result<KeyRing> {
-    let profile = Profile::load(&common.profile)?;
+    open_profile(&common.profile)
+}
+
+/// [`open`] for a bare profile path. Must run before the store is opened:
+/// sled starts threads.
+fn open_profile(path: &Path) -> anyhow::Result<KeyRing> {
+    let profile = Profile::load(path)?;
     // SAFETY: single-threaded at this point: the logger does not spawn
     // threads and no backend has been opened yet.
     unsafe { profile.apply_env() };
@@ -463,6 +527,7 @@ fn run(command: Command) -> anyhow::Result<()> {
     let hsm = match command {
         Command::Hsm(hsm) => hsm,
         Command::Verify(verify) => return run_verify(verify),
+        Command::Audit(audit) => return run_audit(audit),
         Command::Speed { seconds, json } => {
             let report = signet::speed::run(seconds)?;
             if json {
@@ -474,8 +539,9 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
     };
     match hsm {
-        HsmCommand::Init(common) => {
+        HsmCommand::Init { common, audit } => {
             let ring = open(&common)?;
+            let log = officer_log(&audit)?;
             let report = ring.init()?;
             if common.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
@@ -493,6 +559,11 @@ fn run(command: Command) -> anyhow::Result<()> {
                     ring.backend().describe()
                 );
             }
+            if let Some(log) = &log {
+                for k in &report.created {
+                    log.record(&ring, "key.created", k, common.json)?;
+                }
+            }
         }
         HsmCommand::List(common) => {
             let ring = open(&common)?;
@@ -503,15 +574,27 @@ fn run(command: Command) -> anyhow::Result<()> {
                 print_table(&keys);
             }
         }
-        HsmCommand::Rotate { common, role } => {
+        HsmCommand::Rotate {
+            common,
+            role,
+            audit,
+        } => {
             let ring = open(&common)?;
+            let log = officer_log(&audit)?;
             let key = ring.rotate(role)?;
             print_one(&common, "rotated", &key)?;
+            if let Some(log) = &log {
+                log.record(&ring, "key.rotated", &key, common.json)?;
+            }
         }
-        HsmCommand::Retire { common, kid } => {
+        HsmCommand::Retire { common, kid, audit } => {
             let ring = open(&common)?;
+            let log = officer_log(&audit)?;
             let key = ring.retire(&kid)?;
             print_one(&common, "retired", &key)?;
+            if let Some(log) = &log {
+                log.record(&ring, "key.retired", &key, common.json)?;
+            }
         }
         HsmCommand::Export {
             common,
@@ -552,6 +635,80 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The audit log an officer action is appended to.
+struct OfficerLog {
+    log: AuditLog,
+    dir: PathBuf,
+    actor: String,
+}
+
+/// Opens the audit log of `--data-dir`, if given, before the action runs, so
+/// that a directory the service holds refuses the action rather than leaving
+/// it unaudited.
+fn officer_log(audit: &OfficerAudit) -> anyhow::Result<Option<OfficerLog>> {
+    let Some(dir) = &audit.data_dir else {
+        return Ok(None);
+    };
+    let store = SledStore::open(dir).map_err(|e| {
+        anyhow::anyhow!(
+            "--data-dir {}: {e} (if the service is running, use its API instead)",
+            dir.display()
+        )
+    })?;
+    // The CLI exits right after the action, so no timer would ever cover a
+    // record left after the last checkpoint: each officer action is
+    // checkpointed at once. They are rare, so the signatures cost nothing.
+    let policy = CheckpointPolicy {
+        every_records: 1,
+        every_ms: 0,
+    };
+    Ok(Some(OfficerLog {
+        log: AuditLog::new(Arc::new(store), policy),
+        dir: dir.clone(),
+        actor: officer_actor(std::env::var("USER").ok().as_deref()),
+    }))
+}
+
+/// `cli:officer`, plus the login name when there is one. USER is whatever
+/// the officer's environment says, a hint for the reader of the log and not
+/// an identity: what authorizes the action is the token's PIN.
+fn officer_actor(user: Option<&str>) -> String {
+    match user {
+        Some(u) if !u.is_empty() && u.len() <= 256 && !u.chars().any(char::is_control) => {
+            format!("cli:officer:{u}")
+        }
+        _ => "cli:officer".into(),
+    }
+}
+
+impl OfficerLog {
+    fn record(&self, ring: &KeyRing, event: &str, key: &KeyInfo, json: bool) -> anyhow::Result<()> {
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
+        let event = AuditEvent::new(now_ms, self.actor.as_str(), event, key.kid.to_string())
+            .with_detail(serde_json::json!({
+                "role": key.role.as_str(),
+                "version": key.version,
+                "label": key.label,
+            }));
+        let entry = self.log.append(&event, Some(ring)).map_err(|e| {
+            anyhow::anyhow!(
+                "{} {} was done on the device but not audited in {}: {e}",
+                event.event,
+                key.kid,
+                self.dir.display()
+            )
+        })?;
+        // JSON output stays the single document the command always printed.
+        if !json {
+            println!("audited as record {} in {}", entry.seq, self.dir.display());
+        }
+        Ok(())
+    }
 }
 
 fn print_one(common: &Common, what: &str, key: &KeyInfo) -> anyhow::Result<()> {
@@ -603,6 +760,113 @@ fn print_table(keys: &[KeyInfo]) {
     if keys.is_empty() {
         println!("(no signet keys on this device; run `signet hsm init`)");
     }
+}
+
+fn run_audit(command: AuditCommand) -> anyhow::Result<()> {
+    let AuditCommand::Verify {
+        data_dir,
+        profile,
+        checkpoint_keys: pem_files,
+        json,
+    } = command;
+    let mut keys: HashMap<String, EcPublicKey> = HashMap::new();
+    if let Some(profile) = &profile {
+        let ring = open_profile(profile)?;
+        keys.extend(checkpoint_keys(&ring.list()?));
+    }
+    for path in &pem_files {
+        for key in read_public_keys(path)? {
+            keys.insert(Kid::of(&key).to_string(), key);
+        }
+    }
+    // SledStore::open would create an empty store where none is, and a
+    // mistyped path would then verify as an intact empty log.
+    if !data_dir.join("db").is_file() {
+        anyhow::bail!("--data-dir {}: no signet store there", data_dir.display());
+    }
+    let store = SledStore::open(&data_dir).map_err(|e| {
+        anyhow::anyhow!(
+            "--data-dir {}: {e} (if the service is running, stop it or verify a copy)",
+            data_dir.display()
+        )
+    })?;
+    let report = signet::audit::verify_store(&store, &keys)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+    } else {
+        // Kids and body errors come from the store, which an attacker may
+        // have written: no control characters reach the terminal.
+        let text: String = report
+            .to_string()
+            .lines()
+            .map(one_line)
+            .collect::<Vec<_>>()
+            .join("\n");
+        println!("{text}");
+    }
+    match &report.first_broken {
+        None => Ok(()),
+        Some(first) => Err(anyhow::anyhow!(
+            "audit log broken: first broken record seq {}: {}",
+            first.seq,
+            one_line(&first.reason.to_string())
+        )),
+    }
+}
+
+/// Every P-256 SPKI public key in a PEM file, in order.
+fn read_public_keys(path: &Path) -> anyhow::Result<Vec<EcPublicKey>> {
+    use p256::pkcs8::DecodePublicKey as _;
+    const BEGIN: &str = "-----BEGIN ";
+    const END: &str = "-----END ";
+    let name = format!("--checkpoint-key {}", path.display());
+    let text = std::fs::read(path).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+    let text =
+        String::from_utf8(text).map_err(|_| anyhow::anyhow!("{name}: not a PEM text file"))?;
+    let mut keys = Vec::new();
+    let mut rest = text.as_str();
+    while let Some(start) = rest.find(BEGIN) {
+        let block = &rest[start..];
+        let end = block
+            .find(END)
+            .and_then(|e| {
+                block[e + END.len()..]
+                    .find("-----")
+                    .map(|d| e + END.len() + d + 5)
+            })
+            .ok_or_else(|| {
+                anyhow::anyhow!("{name}: PEM block {} has no END line", keys.len() + 1)
+            })?;
+        let field = format!("{name}[{}]", keys.len());
+        let (label, der) = der::pem::decode_vec(&block.as_bytes()[..end])
+            .map_err(|e| anyhow::anyhow!("{field}: not PEM: {e}"))?;
+        if label != "PUBLIC KEY" {
+            anyhow::bail!("{field}: a {label}, not a PUBLIC KEY");
+        }
+        let key = p256::PublicKey::from_public_key_der(&der)
+            .map_err(|e| anyhow::anyhow!("{field}: not a P-256 public key: {e}"))?;
+        keys.push(EcPublicKey::from_p256(&key));
+        rest = &block[end..];
+    }
+    if keys.is_empty() {
+        anyhow::bail!("{name}: no PEM public key in the file");
+    }
+    Ok(keys)
+}
+
+/// Control characters escaped, so text from a certificate, a client or a
+/// store prints as one line and cannot drive the terminal.
+fn one_line(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
 }
 
 /// Browsers' JSON is a few kilobytes; the engine refuses anything over its
@@ -670,19 +934,7 @@ fn read_roots(path: &Path) -> anyhow::Result<Vec<Cert>> {
 /// The engine's error as one line: it already starts with the JSON path of
 /// the field; names from certificates and clients could carry line breaks.
 fn engine_error(e: webauthn::Error) -> anyhow::Error {
-    let line: String = e
-        .to_string()
-        .chars()
-        .flat_map(|c| {
-            let escaped: Vec<char> = if c.is_control() {
-                c.escape_default().collect()
-            } else {
-                vec![c]
-            };
-            escaped
-        })
-        .collect();
-    anyhow::anyhow!(line)
+    anyhow::anyhow!(one_line(&e.to_string()))
 }
 
 fn relying_party(c: &Ceremony) -> RelyingParty {

@@ -817,16 +817,31 @@ fn run_audit(command: AuditCommand) -> anyhow::Result<()> {
 /// Every P-256 SPKI public key in a PEM file, in order.
 fn read_public_keys(path: &Path) -> anyhow::Result<Vec<EcPublicKey>> {
     use p256::pkcs8::DecodePublicKey as _;
+    pem_blocks(path, "--checkpoint-key", "PUBLIC KEY")?
+        .into_iter()
+        .map(|(field, der)| {
+            p256::PublicKey::from_public_key_der(&der)
+                .map(|key| EcPublicKey::from_p256(&key))
+                .map_err(|e| anyhow::anyhow!("{field}: not a P-256 public key: {e}"))
+        })
+        .collect()
+}
+
+/// The DER of every PEM block in `path`, each with its name for errors
+/// (`--root FILE[1]`); every block must carry `label`, and there must be at
+/// least one. The file is read with the same bound as any other input.
+fn pem_blocks(path: &Path, flag: &str, label: &str) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
     const BEGIN: &str = "-----BEGIN ";
     const END: &str = "-----END ";
-    let name = format!("--checkpoint-key {}", path.display());
-    let text = std::fs::read(path).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+    let name = format!("{flag} {}", path.display());
+    let text = read_input(path).map_err(|e| anyhow::anyhow!("{flag} {e}"))?;
     let text =
         String::from_utf8(text).map_err(|_| anyhow::anyhow!("{name}: not a PEM text file"))?;
-    let mut keys = Vec::new();
+    let mut blocks = Vec::new();
     let mut rest = text.as_str();
     while let Some(start) = rest.find(BEGIN) {
         let block = &rest[start..];
+        // The block ends after the dashes that close its END line.
         let end = block
             .find(END)
             .and_then(|e| {
@@ -835,23 +850,21 @@ fn read_public_keys(path: &Path) -> anyhow::Result<Vec<EcPublicKey>> {
                     .map(|d| e + END.len() + d + 5)
             })
             .ok_or_else(|| {
-                anyhow::anyhow!("{name}: PEM block {} has no END line", keys.len() + 1)
+                anyhow::anyhow!("{name}: PEM block {} has no END line", blocks.len() + 1)
             })?;
-        let field = format!("{name}[{}]", keys.len());
-        let (label, der) = der::pem::decode_vec(&block.as_bytes()[..end])
+        let field = format!("{name}[{}]", blocks.len());
+        let (found, der) = der::pem::decode_vec(&block.as_bytes()[..end])
             .map_err(|e| anyhow::anyhow!("{field}: not PEM: {e}"))?;
-        if label != "PUBLIC KEY" {
-            anyhow::bail!("{field}: a {label}, not a PUBLIC KEY");
+        if found != label {
+            anyhow::bail!("{field}: a {found}, not a {label}");
         }
-        let key = p256::PublicKey::from_public_key_der(&der)
-            .map_err(|e| anyhow::anyhow!("{field}: not a P-256 public key: {e}"))?;
-        keys.push(EcPublicKey::from_p256(&key));
+        blocks.push((field, der));
         rest = &block[end..];
     }
-    if keys.is_empty() {
-        anyhow::bail!("{name}: no PEM public key in the file");
+    if blocks.is_empty() {
+        anyhow::bail!("{name}: no PEM {} in the file", label.to_lowercase());
     }
-    Ok(keys)
+    Ok(blocks)
 }
 
 /// Control characters escaped, so text from a certificate, a client or a
@@ -895,40 +908,10 @@ fn read_input(path: &Path) -> anyhow::Result<Vec<u8>> {
 
 /// Every certificate in a PEM file, in order, each with its exact DER.
 fn read_roots(path: &Path) -> anyhow::Result<Vec<Cert>> {
-    const BEGIN: &str = "-----BEGIN ";
-    const END: &str = "-----END ";
-    let name = format!("--root {}", path.display());
-    let text = std::fs::read(path).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
-    let text =
-        String::from_utf8(text).map_err(|_| anyhow::anyhow!("{name}: not a PEM text file"))?;
-    let mut certs = Vec::new();
-    let mut rest = text.as_str();
-    while let Some(start) = rest.find(BEGIN) {
-        let block = &rest[start..];
-        // The block ends after the dashes that close its END line.
-        let end = block
-            .find(END)
-            .and_then(|e| {
-                block[e + END.len()..]
-                    .find("-----")
-                    .map(|d| e + END.len() + d + 5)
-            })
-            .ok_or_else(|| {
-                anyhow::anyhow!("{name}: PEM block {} has no END line", certs.len() + 1)
-            })?;
-        let field = format!("{name}[{}]", certs.len());
-        let (label, der) = der::pem::decode_vec(&block.as_bytes()[..end])
-            .map_err(|e| anyhow::anyhow!("{field}: not PEM: {e}"))?;
-        if label != "CERTIFICATE" {
-            anyhow::bail!("{field}: a {label}, not a CERTIFICATE");
-        }
-        certs.push(Cert::parse(&der, field).map_err(engine_error)?);
-        rest = &block[end..];
-    }
-    if certs.is_empty() {
-        anyhow::bail!("{name}: no PEM certificate in the file");
-    }
-    Ok(certs)
+    pem_blocks(path, "--root", "CERTIFICATE")?
+        .into_iter()
+        .map(|(field, der)| Cert::parse(&der, field).map_err(engine_error))
+        .collect()
 }
 
 /// The engine's error as one line: it already starts with the JSON path of

@@ -472,6 +472,18 @@ fn roots_must_be_pem_certificates() {
         None,
     ));
     assert!(err.contains("not a CERTIFICATE"), "{err}");
+    // A root file is read with a bound, not whole: a wrong path (a disk
+    // image, a log) is refused with a size error instead of filling memory.
+    let huge = dir.path().join("huge.pem");
+    std::fs::write(&huge, vec![b'A'; 1024 * 1024 + 1]).unwrap();
+    let err = rejection(&register(
+        &v,
+        &file.path,
+        &["--root", huge.to_str().unwrap()],
+        None,
+    ));
+    assert!(err.starts_with("signet: --root "), "{err}");
+    assert!(err.contains("larger than 1048576 bytes"), "{err}");
     // Several certificates in one file, with text around them, are all read.
     let ca = std::fs::read_to_string(vector_path("w3c/attestation_ca_cert.pem")).unwrap();
     let apple =

@@ -1,4 +1,7 @@
+pub mod api;
 pub mod audit;
+pub mod config;
+pub mod identity;
 pub mod keys;
 pub mod speed;
 pub mod store;

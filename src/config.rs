@@ -1,0 +1,819 @@
+//! `signet.toml`: everything `signet serve` needs, validated before anything
+//! starts.
+//!
+//! Every setting is documented in `docs/config.md` and in the commented
+//! example `signet.example.toml`. Relative paths are relative to the
+//! directory of the configuration file, so a config and its PKI can move
+//! together. Four environment variables override the file, for tests and
+//! containers: `SIGNET_LISTEN` (`server.listen`), `SIGNET_DATA_DIR`
+//! (`store.data_dir`), `SIGNET_RP_ID` (`rp.id`) and `SIGNET_RP_ORIGINS`
+//! (`rp.origins`, comma-separated).
+//!
+//! Errors name the key (`tls.client_ca: cannot read ...`), so an operator
+//! can fix the file without reading code. `signet serve --config F --check`
+//! runs exactly this validation, including that the certificate, key, CA and
+//! CRL files parse, and exits.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::identity::{ApiRole, ClientRule};
+use crate::webauthn::UserVerification;
+use crate::webauthn::options::{
+    AttestationConveyance, ResidentKeyRequirement, TIMEOUT_MAX_MS, TIMEOUT_MIN_MS,
+};
+
+/// Largest configuration file read (it is small; anything bigger is a mistake).
+pub const CONFIG_MAX: u64 = 1024 * 1024;
+
+/// A configuration error, naming the key it is about.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {reason}")]
+pub struct ConfigError {
+    pub key: String,
+    pub reason: String,
+}
+
+impl ConfigError {
+    pub fn new(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+        ConfigError {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The file it came from (for messages).
+    pub source: PathBuf,
+    pub server: ServerSettings,
+    pub tls: TlsSettings,
+    pub clients: Vec<ClientRule>,
+    pub rp: RpSettings,
+    pub store: StoreSettings,
+    pub keys: KeySettings,
+    pub audit: AuditSettings,
+    pub limits: LimitSettings,
+    pub log: LogSettings,
+    /// Per-action ceremony requirements; always holds at least `default`.
+    pub actions: BTreeMap<String, ActionSettings>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    pub max_connections: usize,
+    pub handshake_timeout: Duration,
+    pub header_timeout: Duration,
+    pub request_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub body_limit: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct TlsSettings {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: PathBuf,
+    pub crls: Vec<PathBuf>,
+    /// Also offer TLS 1.2 (ECDHE + AEAD suites only).
+    pub tls12: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct RpSettings {
+    pub id: String,
+    pub name: String,
+    pub origins: Vec<String>,
+    pub ceremony_timeout_ms: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct StoreSettings {
+    pub data_dir: PathBuf,
+    pub sweep_interval: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct KeySettings {
+    pub profile: PathBuf,
+    /// Certificates an officer issued for role keys (`signet hsm self-cert`
+    /// or a CA's answer to `signet hsm csr`), served by `GET /v1/keys`
+    /// beside the key whose public key they carry.
+    pub certificates_dir: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct AuditSettings {
+    pub checkpoint_every: u64,
+    pub checkpoint_interval: Duration,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct LimitSettings {
+    /// Sustained requests per second per client certificate key.
+    pub rate_per_second: u32,
+    /// Requests a client may make at once above the sustained rate.
+    pub burst: u32,
+    /// Requests in flight per client certificate key.
+    pub max_in_flight: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct LogSettings {
+    pub json: bool,
+    pub level: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ActionSettings {
+    pub user_verification: UserVerification,
+    pub resident_key: ResidentKeyRequirement,
+    pub attestation: AttestationConveyance,
+}
+
+impl Default for ActionSettings {
+    fn default() -> ActionSettings {
+        ActionSettings {
+            user_verification: UserVerification::Preferred,
+            resident_key: ResidentKeyRequirement::Preferred,
+            attestation: AttestationConveyance::None,
+        }
+    }
+}
+
+// ---- the file as written ----
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    tls: Option<RawTls>,
+    #[serde(default)]
+    clients: Vec<RawClient>,
+    rp: Option<RawRp>,
+    #[serde(default)]
+    store: RawStore,
+    keys: Option<RawKeys>,
+    #[serde(default)]
+    audit: RawAudit,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    log: RawLog,
+    #[serde(default)]
+    actions: BTreeMap<String, RawAction>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<String>,
+    max_connections: Option<usize>,
+    handshake_timeout_ms: Option<u64>,
+    header_timeout_ms: Option<u64>,
+    request_timeout_ms: Option<u64>,
+    idle_timeout_ms: Option<u64>,
+    shutdown_grace_ms: Option<u64>,
+    body_limit_bytes: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: Option<String>,
+    key: Option<String>,
+    client_ca: Option<String>,
+    #[serde(default)]
+    crls: Vec<String>,
+    tls12: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClient {
+    name: Option<String>,
+    role: Option<String>,
+    spki_sha256: Option<String>,
+    subject: Option<String>,
+    san_uri: Option<String>,
+    san_dns: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRp {
+    id: Option<String>,
+    name: Option<String>,
+    origins: Option<Vec<String>>,
+    ceremony_timeout_ms: Option<u32>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    data_dir: Option<String>,
+    sweep_interval_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKeys {
+    profile: Option<String>,
+    certificates_dir: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    checkpoint_every: Option<u64>,
+    checkpoint_interval_s: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    rate_per_second: Option<u32>,
+    burst: Option<u32>,
+    max_in_flight: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: Option<String>,
+    level: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAction {
+    user_verification: Option<String>,
+    resident_key: Option<String>,
+    attestation: Option<String>,
+}
+
+/// Environment overrides, passed in so tests need not touch the process
+/// environment.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub data_dir: Option<String>,
+    pub rp_id: Option<String>,
+    pub rp_origins: Option<String>,
+}
+
+impl Overrides {
+    /// `SIGNET_LISTEN`, `SIGNET_DATA_DIR`, `SIGNET_RP_ID`, `SIGNET_RP_ORIGINS`.
+    pub fn from_env() -> Overrides {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        Overrides {
+            listen: var("SIGNET_LISTEN"),
+            data_dir: var("SIGNET_DATA_DIR"),
+            rp_id: var("SIGNET_RP_ID"),
+            rp_origins: var("SIGNET_RP_ORIGINS"),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates `path`, applying `overrides`.
+    pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let text = read_text(path)?;
+        Config::parse(&text, path, overrides)
+    }
+
+    /// Parses and validates `text` as if read from `path` (relative paths
+    /// resolve against `path`'s directory).
+    pub fn parse(text: &str, path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| toml_error(path, &e))?;
+        let base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        build(raw, &base, path, overrides)
+    }
+}
+
+fn read_text(path: &Path) -> Result<String, ConfigError> {
+    use std::io::Read;
+    let key = "config";
+    let file = std::fs::File::open(path)
+        .map_err(|e| ConfigError::new(key, format!("cannot open {}: {e}", path.display())))?;
+    let mut text = String::new();
+    file.take(CONFIG_MAX + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| ConfigError::new(key, format!("cannot read {}: {e}", path.display())))?;
+    if text.len() as u64 > CONFIG_MAX {
+        return Err(ConfigError::new(
+            key,
+            format!("{} is larger than {CONFIG_MAX} bytes", path.display()),
+        ));
+    }
+    Ok(text)
+}
+
+/// toml's messages name the key for unknown fields and wrong types; the
+/// span gives the line for everything else.
+fn toml_error(path: &Path, e: &toml::de::Error) -> ConfigError {
+    let message = e.message().trim().to_string();
+    let key = e
+        .span()
+        .map(|s| format!("{} (byte {})", path.display(), s.start))
+        .unwrap_or_else(|| path.display().to_string());
+    ConfigError::new(key, message)
+}
+
+fn required<T>(value: Option<T>, key: &str) -> Result<T, ConfigError> {
+    value.ok_or_else(|| ConfigError::new(key, "is required"))
+}
+
+fn resolve(base: &Path, value: &str, key: &str) -> Result<PathBuf, ConfigError> {
+    if value.is_empty() {
+        return Err(ConfigError::new(key, "must not be empty"));
+    }
+    let p = Path::new(value);
+    Ok(if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    })
+}
+
+fn millis(
+    value: Option<u64>,
+    default: u64,
+    key: &str,
+    min: u64,
+    max: u64,
+) -> Result<Duration, ConfigError> {
+    let v = value.unwrap_or(default);
+    if v < min || v > max {
+        return Err(ConfigError::new(
+            key,
+            format!("{v} is outside {min}..={max}"),
+        ));
+    }
+    Ok(Duration::from_millis(v))
+}
+
+fn ranged<T: PartialOrd + Copy + std::fmt::Display>(
+    value: Option<T>,
+    default: T,
+    key: &str,
+    min: T,
+    max: T,
+) -> Result<T, ConfigError> {
+    let v = value.unwrap_or(default);
+    if v < min || v > max {
+        return Err(ConfigError::new(
+            key,
+            format!("{v} is outside {min}..={max}"),
+        ));
+    }
+    Ok(v)
+}
+
+fn build(
+    raw: RawConfig,
+    base: &Path,
+    source: &Path,
+    ov: &Overrides,
+) -> Result<Config, ConfigError> {
+    // server
+    let listen_text = ov
+        .listen
+        .clone()
+        .or(raw.server.listen.clone())
+        .unwrap_or_else(|| "127.0.0.1:8443".to_string());
+    let listen: SocketAddr = listen_text.parse().map_err(|_| {
+        ConfigError::new(
+            "server.listen",
+            format!("{listen_text:?} is not an address:port such as 127.0.0.1:8443"),
+        )
+    })?;
+    let s = &raw.server;
+    let server = ServerSettings {
+        listen,
+        max_connections: ranged(
+            s.max_connections,
+            1024,
+            "server.max_connections",
+            1,
+            1_000_000,
+        )?,
+        handshake_timeout: millis(
+            s.handshake_timeout_ms,
+            10_000,
+            "server.handshake_timeout_ms",
+            100,
+            600_000,
+        )?,
+        header_timeout: millis(
+            s.header_timeout_ms,
+            10_000,
+            "server.header_timeout_ms",
+            100,
+            600_000,
+        )?,
+        request_timeout: millis(
+            s.request_timeout_ms,
+            30_000,
+            "server.request_timeout_ms",
+            100,
+            600_000,
+        )?,
+        idle_timeout: millis(
+            s.idle_timeout_ms,
+            120_000,
+            "server.idle_timeout_ms",
+            1_000,
+            3_600_000,
+        )?,
+        shutdown_grace: millis(
+            s.shutdown_grace_ms,
+            30_000,
+            "server.shutdown_grace_ms",
+            0,
+            600_000,
+        )?,
+        body_limit: ranged(
+            s.body_limit_bytes,
+            256 * 1024,
+            "server.body_limit_bytes",
+            1024,
+            16 * 1024 * 1024,
+        )?,
+    };
+
+    // tls
+    let t = required(raw.tls, "tls")?;
+    let mut crls = Vec::new();
+    for (i, c) in t.crls.iter().enumerate() {
+        crls.push(resolve(base, c, &format!("tls.crls[{i}]"))?);
+    }
+    let tls = TlsSettings {
+        cert: resolve(base, &required(t.cert, "tls.cert")?, "tls.cert")?,
+        key: resolve(base, &required(t.key, "tls.key")?, "tls.key")?,
+        client_ca: resolve(
+            base,
+            &required(t.client_ca, "tls.client_ca")?,
+            "tls.client_ca",
+        )?,
+        crls,
+        tls12: t.tls12.unwrap_or(true),
+    };
+
+    // clients
+    if raw.clients.is_empty() {
+        return Err(ConfigError::new(
+            "clients",
+            "at least one [[clients]] rule is required; without one every request is refused",
+        ));
+    }
+    let mut clients = Vec::with_capacity(raw.clients.len());
+    for (i, c) in raw.clients.into_iter().enumerate() {
+        clients.push(client_rule(c, i)?);
+    }
+
+    // rp
+    let r = required(raw.rp, "rp")?;
+    let id = ov.rp_id.clone().or(r.id);
+    let id = required(id, "rp.id")?;
+    validate_rp_id(&id)?;
+    let origins: Vec<String> = match &ov.rp_origins {
+        Some(list) => list
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect(),
+        None => required(r.origins, "rp.origins")?,
+    };
+    if origins.is_empty() {
+        return Err(ConfigError::new(
+            "rp.origins",
+            "must list at least one origin",
+        ));
+    }
+    for (i, o) in origins.iter().enumerate() {
+        validate_origin(o, &id, &format!("rp.origins[{i}]"))?;
+    }
+    let rp = RpSettings {
+        name: r.name.unwrap_or_else(|| id.clone()),
+        id,
+        origins,
+        ceremony_timeout_ms: ranged(
+            r.ceremony_timeout_ms,
+            300_000,
+            "rp.ceremony_timeout_ms",
+            TIMEOUT_MIN_MS,
+            TIMEOUT_MAX_MS,
+        )?,
+    };
+    if rp.name.is_empty() || rp.name.len() > 256 {
+        return Err(ConfigError::new("rp.name", "must be 1 to 256 bytes"));
+    }
+
+    // store
+    let data_dir = match &ov.data_dir {
+        Some(d) => resolve(Path::new("."), d, "store.data_dir (SIGNET_DATA_DIR)")?,
+        None => resolve(
+            base,
+            &required(raw.store.data_dir, "store.data_dir")?,
+            "store.data_dir",
+        )?,
+    };
+    let store = StoreSettings {
+        data_dir,
+        sweep_interval: millis(
+            raw.store.sweep_interval_ms,
+            60_000,
+            "store.sweep_interval_ms",
+            100,
+            3_600_000,
+        )?,
+    };
+
+    // keys
+    let k = required(raw.keys, "keys")?;
+    let keys = KeySettings {
+        profile: resolve(base, &required(k.profile, "keys.profile")?, "keys.profile")?,
+        certificates_dir: k
+            .certificates_dir
+            .map(|d| resolve(base, &d, "keys.certificates_dir"))
+            .transpose()?,
+    };
+
+    let audit = AuditSettings {
+        checkpoint_every: ranged(
+            raw.audit.checkpoint_every,
+            1000,
+            "audit.checkpoint_every",
+            1,
+            1_000_000,
+        )?,
+        checkpoint_interval: Duration::from_secs(ranged(
+            raw.audit.checkpoint_interval_s,
+            60,
+            "audit.checkpoint_interval_s",
+            1,
+            86_400,
+        )?),
+    };
+
+    let limits = LimitSettings {
+        rate_per_second: ranged(
+            raw.limits.rate_per_second,
+            500,
+            "limits.rate_per_second",
+            1,
+            1_000_000,
+        )?,
+        burst: ranged(raw.limits.burst, 1000, "limits.burst", 1, 10_000_000)?,
+        max_in_flight: ranged(
+            raw.limits.max_in_flight,
+            256,
+            "limits.max_in_flight",
+            1,
+            1_000_000,
+        )?,
+    };
+
+    let json = match raw.log.format.as_deref() {
+        None | Some("text") => false,
+        Some("json") => true,
+        Some(other) => {
+            return Err(ConfigError::new(
+                "log.format",
+                format!("{other:?} is not \"text\" or \"json\""),
+            ));
+        }
+    };
+    let level = raw.log.level.unwrap_or_else(|| "info".to_string());
+    if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+        return Err(ConfigError::new(
+            "log.level",
+            format!("{level:?} is not a tracing filter such as \"info\" or \"signet=debug\""),
+        ));
+    }
+    let log = LogSettings { json, level };
+
+    let mut actions = BTreeMap::new();
+    for (name, a) in raw.actions {
+        let key = format!("actions.{name}");
+        if !valid_action_name(&name) {
+            return Err(ConfigError::new(
+                key,
+                "action names are 1 to 64 characters of a-z, 0-9, '-', '_', '.'",
+            ));
+        }
+        actions.insert(name, action(a, &key)?);
+    }
+    actions.entry("default".to_string()).or_default();
+
+    Ok(Config {
+        source: source.to_path_buf(),
+        server,
+        tls,
+        clients,
+        rp,
+        store,
+        keys,
+        audit,
+        limits,
+        log,
+        actions,
+    })
+}
+
+/// Action names arrive in requests; they are checked against this shape
+/// before they are looked up or logged.
+pub fn valid_action_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
+}
+
+fn client_rule(c: RawClient, i: usize) -> Result<ClientRule, ConfigError> {
+    let key = |k: &str| format!("clients[{i}].{k}");
+    let name = required(c.name, &key("name"))?;
+    if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
+        return Err(ConfigError::new(
+            key("name"),
+            "must be 1 to 128 printable characters",
+        ));
+    }
+    let role_text = required(c.role, &key("role"))?;
+    let role = ApiRole::parse(&role_text).ok_or_else(|| {
+        ConfigError::new(
+            key("role"),
+            format!("{role_text:?} is not one of rp, officer, auditor, monitor"),
+        )
+    })?;
+    let spki_sha256 = c
+        .spki_sha256
+        .map(|h| parse_pin(&h).ok_or_else(|| {
+            ConfigError::new(
+                key("spki_sha256"),
+                "must be the SHA-256 of the certificate's SubjectPublicKeyInfo as 64 hex digits (colons allowed) or 43 base64url characters",
+            )
+        }))
+        .transpose()?;
+    if spki_sha256.is_none() && c.subject.is_none() && c.san_uri.is_none() && c.san_dns.is_none() {
+        return Err(ConfigError::new(
+            format!("clients[{i}]"),
+            "needs at least one of spki_sha256, subject, san_uri, san_dns",
+        ));
+    }
+    for (k, v) in [
+        ("subject", &c.subject),
+        ("san_uri", &c.san_uri),
+        ("san_dns", &c.san_dns),
+    ] {
+        if let Some(v) = v
+            && v.is_empty()
+        {
+            return Err(ConfigError::new(key(k), "must not be empty"));
+        }
+    }
+    Ok(ClientRule {
+        name,
+        role,
+        spki_sha256,
+        subject: c.subject,
+        san_uri: c.san_uri,
+        san_dns: c.san_dns,
+    })
+}
+
+/// An SPKI pin as hex (optionally colon-separated, as `openssl` prints
+/// fingerprints) or unpadded base64url (as HPKP did).
+pub fn parse_pin(text: &str) -> Option<[u8; 32]> {
+    use base64::Engine;
+    let hex: String = text.chars().filter(|c| *c != ':').collect();
+    if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let mut out = [0u8; 32];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+        }
+        return Some(out);
+    }
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text.trim_end_matches('='))
+        .ok()?;
+    bytes.try_into().ok()
+}
+
+fn validate_rp_id(id: &str) -> Result<(), ConfigError> {
+    let ok = !id.is_empty()
+        && id.len() <= 253
+        && id.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            "rp.id",
+            format!("{id:?} is not a lowercase DNS name such as example.com or localhost"),
+        ))
+    }
+}
+
+/// An origin is `https://host[:port]` (or `http://localhost[:port]`, which
+/// browsers treat as secure), whose host is the RP ID or a subdomain of it
+/// (WebAuthn L3 §5.1.4.1's rule, checked here so a typo is found at start,
+/// not at the first failed ceremony). Android app origins
+/// (`android:apk-key-hash:...`) are accepted as they are.
+fn validate_origin(origin: &str, rp_id: &str, key: &str) -> Result<(), ConfigError> {
+    if origin.starts_with("android:apk-key-hash:") && origin.len() > 21 {
+        return Ok(());
+    }
+    let bad = |why: &str| ConfigError::new(key, format!("{origin:?} {why}"));
+    let (scheme, rest) = origin
+        .split_once("://")
+        .ok_or_else(|| bad("is not scheme://host[:port]"))?;
+    let host_port = rest;
+    if host_port.contains('/') || host_port.contains('?') || host_port.contains('#') {
+        return Err(bad("must not have a path, query or fragment"));
+    }
+    let host = match host_port.rsplit_once(':') {
+        Some((h, port)) => {
+            port.parse::<u16>()
+                .map_err(|_| bad("has a port that is not a number 0-65535"))?;
+            h
+        }
+        None => host_port,
+    };
+    match scheme {
+        "https" => {}
+        "http" if host == "localhost" => {}
+        _ => return Err(bad("must be https (http only for localhost)")),
+    }
+    if host != rp_id && !host.ends_with(&format!(".{rp_id}")) {
+        return Err(bad(&format!("is not rp.id {rp_id:?} or a subdomain of it")));
+    }
+    Ok(())
+}
+
+fn action(a: RawAction, key: &str) -> Result<ActionSettings, ConfigError> {
+    let d = ActionSettings::default();
+    let user_verification = match a.user_verification.as_deref() {
+        None => d.user_verification,
+        Some("required") => UserVerification::Required,
+        Some("preferred") => UserVerification::Preferred,
+        Some("discouraged") => UserVerification::Discouraged,
+        Some(o) => {
+            return Err(ConfigError::new(
+                format!("{key}.user_verification"),
+                format!("{o:?} is not required, preferred or discouraged"),
+            ));
+        }
+    };
+    let resident_key = match a.resident_key.as_deref() {
+        None => d.resident_key,
+        Some("required") => ResidentKeyRequirement::Required,
+        Some("preferred") => ResidentKeyRequirement::Preferred,
+        Some("discouraged") => ResidentKeyRequirement::Discouraged,
+        Some(o) => {
+            return Err(ConfigError::new(
+                format!("{key}.resident_key"),
+                format!("{o:?} is not required, preferred or discouraged"),
+            ));
+        }
+    };
+    let attestation = match a.attestation.as_deref() {
+        None => d.attestation,
+        Some("none") => AttestationConveyance::None,
+        Some("indirect") => AttestationConveyance::Indirect,
+        Some("direct") => AttestationConveyance::Direct,
+        Some("enterprise") => AttestationConveyance::Enterprise,
+        Some(o) => {
+            return Err(ConfigError::new(
+                format!("{key}.attestation"),
+                format!("{o:?} is not none, indirect, direct or enterprise"),
+            ));
+        }
+    };
+    Ok(ActionSettings {
+        user_verification,
+        resident_key,
+        attestation,
+    })
+}

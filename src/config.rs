@@ -22,10 +22,10 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::identity::{ApiRole, ClientRule};
-use crate::webauthn::UserVerification;
 use crate::webauthn::options::{
     AttestationConveyance, ResidentKeyRequirement, TIMEOUT_MAX_MS, TIMEOUT_MIN_MS,
 };
+use crate::webauthn::{CoseAlgorithm, UserVerification};
 
 /// Largest configuration file read (it is small; anything bigger is a mistake).
 pub const CONFIG_MAX: u64 = 1024 * 1024;
@@ -93,6 +93,9 @@ pub struct RpSettings {
     pub name: String,
     pub origins: Vec<String>,
     pub ceremony_timeout_ms: u32,
+    /// Credential algorithms accepted at registration, in preference order;
+    /// empty: the engine's default list.
+    pub algorithms: Vec<CoseAlgorithm>,
 }
 
 #[derive(Clone, Debug)]
@@ -215,6 +218,7 @@ struct RawRp {
     name: Option<String>,
     origins: Option<Vec<String>>,
     ceremony_timeout_ms: Option<u32>,
+    algorithms: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -506,7 +510,23 @@ fn build(
     for (i, o) in origins.iter().enumerate() {
         validate_origin(o, &id, &format!("rp.origins[{i}]"))?;
     }
+    let mut algorithms = Vec::new();
+    for (i, name) in r.algorithms.unwrap_or_default().iter().enumerate() {
+        let alg = CoseAlgorithm::ALL
+            .into_iter()
+            .find(|a| a.name() == name)
+            .ok_or_else(|| {
+                ConfigError::new(
+                    format!("rp.algorithms[{i}]"),
+                    format!("{name:?} is not one of ES256, ES384, ES512, EdDSA, PS256, PS384, PS512, RS256, RS384, RS512, RS1"),
+                )
+            })?;
+        if !algorithms.contains(&alg) {
+            algorithms.push(alg);
+        }
+    }
     let rp = RpSettings {
+        algorithms,
         name: r.name.unwrap_or_else(|| id.clone()),
         id,
         origins,

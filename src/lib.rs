@@ -1,6 +1,8 @@
 pub mod api;
 pub mod audit;
 pub mod config;
+pub mod conformance_proxy;
+pub mod flows;
 pub mod identity;
 pub mod keys;
 pub mod speed;

@@ -38,15 +38,11 @@ PINs are never given on the command line: a profile names a PIN file (mode 0600)
 or an environment variable."
 )]
 struct Cli {
-    /// Log filter for stderr (e.g. info, signet=debug); RUST_LOG also works. The
-    /// default mutes tss_esapi, whose connection errors signet reports itself.
-    #[arg(
-        long,
-        global = true,
-        default_value = "warn,tss_esapi=off",
-        env = "SIGNET_LOG"
-    )]
-    log: String,
+    /// Log filter for stderr (e.g. info, signet=debug); RUST_LOG also works.
+    /// Default: warn for the officer commands, the config's log.level for
+    /// serve; tss_esapi is muted, since signet reports its errors itself.
+    #[arg(long, global = true, env = "SIGNET_LOG")]
+    log: Option<String>,
     /// Log as JSON lines instead of text.
     #[arg(long, global = true)]
     log_json: bool,
@@ -56,6 +52,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the service: the mutual-TLS JSON API (see README, "API").
+    Serve(ServeArgs),
+    /// Serve the FIDO Server Conformance Test API over HTTPS for the
+    /// certification tool, forwarding to a signet over mutual TLS (test labs
+    /// only; the appliance itself never listens without client authentication).
+    ConformanceProxy(signet::conformance_proxy::ProxyArgs),
     /// Provision and manage the backend keys in an HSM slot or a TPM.
     #[command(subcommand)]
     Hsm(HsmCommand),
@@ -76,6 +78,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// The configuration file (see signet.example.toml and docs/config.md).
+    /// SIGNET_LISTEN, SIGNET_DATA_DIR, SIGNET_RP_ID and SIGNET_RP_ORIGINS
+    /// (comma-separated) override it.
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// Validate the configuration (including that the TLS certificate, key,
+    /// client CA and CRLs load, and that the key profile parses), print a
+    /// summary, and exit: 0 valid, 1 not.
+    #[arg(long)]
+    check: bool,
 }
 
 #[derive(Args)]
@@ -483,7 +499,16 @@ fn main() -> ExitCode {
         unsafe { std::env::set_var("TSS2_LOG", "all+NONE") };
     }
     let cli = Cli::parse();
-    init_logging(&cli.log, cli.log_json);
+    if let Command::Serve(args) = &cli.command {
+        return match serve(args, cli.log.as_deref(), cli.log_json) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("signet: {e:#}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    init_logging(cli.log.as_deref().unwrap_or("warn"), cli.log_json);
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -496,7 +521,8 @@ fn main() -> ExitCode {
 fn init_logging(filter: &str, json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(filter))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"))
+        .add_directive("tss_esapi=off".parse().expect("static directive"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -505,6 +531,43 @@ fn init_logging(filter: &str, json: bool) {
     } else {
         builder.init();
     }
+}
+
+/// `signet serve [--check]`. The configuration is read before logging
+/// starts (it holds the log settings) and the key profile's environment is
+/// applied while the process still has one thread.
+fn serve(args: &ServeArgs, log: Option<&str>, log_json: bool) -> anyhow::Result<()> {
+    let config = signet::config::Config::load(&args.config, &signet::config::Overrides::from_env())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", args.config.display()))?;
+    init_logging(
+        log.unwrap_or(&config.log.level),
+        log_json || config.log.json,
+    );
+    let profile =
+        Profile::load(&config.keys.profile).map_err(|e| anyhow::anyhow!("keys.profile: {e}"))?;
+    if args.check {
+        signet::api::tls::server_config(&config.tls)?;
+        println!("{}: valid", args.config.display());
+        println!(
+            "  listen      https://{} (mutual TLS)",
+            config.server.listen
+        );
+        println!(
+            "  rp          {} ({})",
+            config.rp.id,
+            config.rp.origins.join(", ")
+        );
+        println!("  data dir    {}", config.store.data_dir.display());
+        println!("  key profile {}", config.keys.profile.display());
+        for c in &config.clients {
+            println!("  client      {} -> {}", c.name, c.role);
+        }
+        return Ok(());
+    }
+    // SAFETY: single-threaded: the logger spawns no threads, and nothing
+    // else has started yet.
+    unsafe { profile.apply_env() };
+    signet::api::service::run(config, &profile)
 }
 
 /// Loads the profile and opens its device. Runs before any thread exists, so
@@ -526,6 +589,8 @@ fn open_profile(path: &Path) -> anyhow::Result<KeyRing> {
 fn run(command: Command) -> anyhow::Result<()> {
     let hsm = match command {
         Command::Hsm(hsm) => hsm,
+        Command::Serve(_) => anyhow::bail!("serve is dispatched before run"),
+        Command::ConformanceProxy(args) => return signet::conformance_proxy::run(args),
         Command::Verify(verify) => return run_verify(verify),
         Command::Audit(audit) => return run_audit(audit),
         Command::Speed { seconds, json } => {

@@ -11,3 +11,213 @@
 //! body, call a plain function in [`crate::flows`] on a blocking thread
 //! (the store fsyncs and the HSM blocks), and encode the answer. Every
 //! failure leaves as RFC 9457 `application/problem+json` (`problem`).
+
+pub mod server;
+pub mod tls;
+
+pub mod limits;
+pub mod metrics;
+pub mod problem;
+pub mod routes;
+pub mod service;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+
+use crate::flows::{FlowError, Services};
+use crate::identity::{ApiRole, Caller};
+use limits::ClientLimits;
+use metrics::Metrics;
+use problem::Problem;
+
+/// What handlers share. Passed explicitly as router state.
+#[derive(Clone)]
+pub struct AppState {
+    pub services: Arc<Services>,
+    pub metrics: Arc<Metrics>,
+    pub limits: Arc<ClientLimits>,
+    pub body_limit: usize,
+    /// Officer-issued certificates for role keys, as (SPKI DER, PEM).
+    pub key_certificates: Arc<Vec<(Vec<u8>, String)>>,
+}
+
+/// The whole API. Layers, outermost first: metrics, per-client limits,
+/// then per-resource role checks inside each resource's router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(routes::ceremonies::router())
+        .merge(routes::credentials::router())
+        .merge(routes::keys::router())
+        .merge(routes::audit::router())
+        .merge(routes::ops::router())
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state.clone())
+        .layer(middleware::from_fn_with_state(
+            state.limits.clone(),
+            limits::enforce,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.metrics.clone(),
+            metrics::track,
+        ))
+}
+
+async fn no_route() -> Problem {
+    Problem::new(StatusCode::NOT_FOUND, "no-such-route", "No such route")
+}
+
+async fn method_not_allowed() -> Problem {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "Method not allowed on this route",
+    )
+}
+
+/// Route layer: only callers whose certificate maps to one of `roles`.
+pub fn allow(
+    roles: &'static [ApiRole],
+) -> impl Fn(Request, Next) -> std::pin::Pin<Box<dyn Future<Output = Response> + Send>>
++ Clone
++ Send
++ 'static {
+    move |request: Request, next: Next| {
+        Box::pin(async move {
+            let caller = request.extensions().get::<Arc<Caller>>().cloned();
+            match caller.as_ref().and_then(|c| c.role()) {
+                Some(role) if roles.contains(&role) => next.run(request).await,
+                Some(role) => {
+                    let wanted: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+                    Problem::forbidden(format!(
+                        "role {role} may not use this route; it needs {}",
+                        wanted.join(" or ")
+                    ))
+                    .into_response()
+                }
+                None => {
+                    if let Some(c) = &caller {
+                        tracing::info!(subject = %c.identity.subject, "client certificate matches no [[clients]] rule");
+                    }
+                    Problem::forbidden("this client certificate is not mapped to any role")
+                        .into_response()
+                }
+            }
+        })
+    }
+}
+
+/// The caller of this request (always present behind the TLS layer).
+pub struct Who(pub Arc<Caller>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Who {
+    type Rejection = Problem;
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Who, Problem> {
+        parts
+            .extensions
+            .get::<Arc<Caller>>()
+            .cloned()
+            .map(Who)
+            .ok_or_else(|| Problem::internal("request without a caller"))
+    }
+}
+
+/// A JSON request body: `application/json`, at most `body_limit` bytes,
+/// syntactically valid. Its shape is checked by the flow, member by member.
+pub struct JsonBody(pub Value);
+
+impl FromRequest<AppState> for JsonBody {
+    type Rejection = Problem;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<JsonBody, Problem> {
+        let content_type = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let essence = content_type.split(';').next().unwrap_or("").trim();
+        if !essence.eq_ignore_ascii_case("application/json") {
+            return Err(Problem::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "The body must be application/json",
+            )
+            .field("Content-Type"));
+        }
+        let limit = state.body_limit;
+        let bytes: Bytes = axum::body::to_bytes(request.into_body(), limit)
+            .await
+            .map_err(|e| {
+                let too_large = std::error::Error::source(&e)
+                    .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+                    || e.to_string().contains("length limit");
+                if too_large {
+                    Problem::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "body-too-large",
+                        "The body is too large",
+                    )
+                    .detail(format!("at most {limit} bytes"))
+                    .field("body")
+                } else {
+                    Problem::invalid("body", format!("could not read the body: {e}"))
+                }
+            })?;
+        let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                "malformed-json",
+                "The body is not valid JSON",
+            )
+            .detail(format!(
+                "line {} column {}: {}",
+                e.line(),
+                e.column(),
+                e.classify_str()
+            ))
+            .field("body")
+        })?;
+        Ok(JsonBody(value))
+    }
+}
+
+trait ClassifyStr {
+    fn classify_str(&self) -> &'static str;
+}
+
+impl ClassifyStr for serde_json::Error {
+    fn classify_str(&self) -> &'static str {
+        match self.classify() {
+            serde_json::error::Category::Io => "read error",
+            serde_json::error::Category::Syntax => "syntax error",
+            serde_json::error::Category::Data => "unexpected data",
+            serde_json::error::Category::Eof => "unexpected end of input",
+        }
+    }
+}
+
+/// Runs a flow on the blocking pool (it fsyncs and talks to the HSM) and
+/// turns its error into a problem.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, FlowError> + Send + 'static,
+) -> Result<T, Problem> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result.map_err(Problem::from),
+        Err(e) => Err(Problem::internal(&format!("flow task failed: {e}"))),
+    }
+}
+
+/// A 200 JSON answer.
+pub fn ok(value: Value) -> Response {
+    (StatusCode::OK, axum::Json(value)).into_response()
+}

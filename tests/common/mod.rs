@@ -2,6 +2,8 @@
 //! swtpm instances, each private to the test that made it.
 #![allow(dead_code)]
 
+pub mod pki;
+pub mod server;
 pub mod softhsm;
 pub mod swtpm;
 

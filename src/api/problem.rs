@@ -1,0 +1,212 @@
+//! RFC 9457 problem details: every refusal and failure leaves as
+//! `application/problem+json` with a stable `type`, a `title` a human can
+//! read, the HTTP `status`, and, when one input is at fault, the `field`.
+//!
+//! `type` values are URNs (`urn:signet:problem:<slug>`); the slugs are part
+//! of the API and listed in the README. Internal failures carry no detail
+//! beyond a request id that also appears in the log line with the cause.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::flows::FlowError;
+
+#[derive(Debug)]
+pub struct Problem {
+    pub status: StatusCode,
+    pub slug: &'static str,
+    pub title: String,
+    pub detail: Option<String>,
+    pub field: Option<String>,
+    /// Seconds, for 429 and 503.
+    pub retry_after: Option<u64>,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, slug: &'static str, title: impl Into<String>) -> Problem {
+        Problem {
+            status,
+            slug,
+            title: title.into(),
+            detail: None,
+            field: None,
+            retry_after: None,
+        }
+    }
+
+    pub fn detail(mut self, detail: impl Into<String>) -> Problem {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    pub fn field(mut self, field: impl Into<String>) -> Problem {
+        self.field = Some(field.into());
+        self
+    }
+
+    pub fn retry_after(mut self, seconds: u64) -> Problem {
+        self.retry_after = Some(seconds);
+        self
+    }
+
+    pub fn type_uri(&self) -> String {
+        format!("urn:signet:problem:{}", self.slug)
+    }
+
+    pub fn forbidden(detail: impl Into<String>) -> Problem {
+        Problem::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "This client's role may not use this route",
+        )
+        .detail(detail)
+    }
+
+    pub fn invalid(field: impl Into<String>, detail: impl Into<String>) -> Problem {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-request",
+            "The request is invalid",
+        )
+        .field(field)
+        .detail(detail)
+    }
+
+    /// A failure on our side: the cause goes to the log under `request_id`,
+    /// not to the client.
+    pub fn internal(cause: &str) -> Problem {
+        let mut id = [0u8; 8];
+        let _ = aws_lc_rs::rand::fill(&mut id);
+        let request_id = crate::audit::hex(&id);
+        tracing::error!(request_id = %request_id, cause = %cause, "internal error");
+        Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "Internal error",
+        )
+        .detail(format!(
+            "request id {request_id}; the cause is in the server log"
+        ))
+    }
+}
+
+impl From<FlowError> for Problem {
+    fn from(e: FlowError) -> Problem {
+        let field = e.field();
+        let detail = e.to_string();
+        let p = match &e {
+            FlowError::Invalid { .. } => Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid-request",
+                "The request is invalid",
+            ),
+            FlowError::Ceremony(w) => Problem::new(
+                StatusCode::BAD_REQUEST,
+                credential_slug(w.kind()),
+                "The WebAuthn response was refused",
+            ),
+            FlowError::CeremonyNotFound => Problem::new(
+                StatusCode::NOT_FOUND,
+                "ceremony-not-found",
+                "No such ceremony",
+            ),
+            FlowError::CeremonyExpired => Problem::new(
+                StatusCode::GONE,
+                "ceremony-expired",
+                "The ceremony has expired",
+            ),
+            FlowError::CeremonyConsumed => Problem::new(
+                StatusCode::CONFLICT,
+                "ceremony-consumed",
+                "The ceremony was already used",
+            ),
+            FlowError::CeremonyKind { .. } => Problem::new(
+                StatusCode::BAD_REQUEST,
+                "ceremony-kind",
+                "The ceremony is of another kind",
+            ),
+            FlowError::NotFound { .. } => {
+                Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found")
+            }
+            FlowError::Conflict { .. } => Problem::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                "The request conflicts with stored state",
+            ),
+            FlowError::Counter { .. } => Problem::new(
+                StatusCode::BAD_REQUEST,
+                "credential-counter",
+                "The signature counter did not advance: possible cloned authenticator",
+            ),
+            FlowError::Flagged { .. } => Problem::new(
+                StatusCode::FORBIDDEN,
+                "credential-flagged",
+                "The credential is flagged and may not be used",
+            ),
+            FlowError::Unavailable(cause) => {
+                tracing::warn!(cause = %cause, "key device unavailable");
+                return Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "key-device-unavailable",
+                    "The key device is unavailable; try again shortly",
+                )
+                .retry_after(1);
+            }
+            FlowError::Internal(cause) => return Problem::internal(cause),
+        };
+        let p = p.detail(detail);
+        match field {
+            Some(f) => p.field(f),
+            None => p,
+        }
+    }
+}
+
+/// One problem type per engine error kind, so a client can tell a malformed
+/// response from a signature that does not verify without parsing text.
+fn credential_slug(kind: &str) -> &'static str {
+    match kind {
+        "missing" => "credential-missing-member",
+        "wrong_type" => "credential-wrong-type",
+        "empty" => "credential-empty-member",
+        "not_base64url" => "credential-not-base64url",
+        "too_large" => "credential-too-large",
+        "malformed" => "credential-malformed",
+        "mismatch" => "credential-mismatch",
+        "policy" => "credential-policy",
+        "bad_signature" => "credential-bad-signature",
+        "algorithm" => "credential-algorithm",
+        "counter_not_increased" => "credential-counter",
+        "certificate_path" => "credential-certificate-path",
+        _ => "credential-refused",
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let mut body = json!({
+            "type": self.type_uri(),
+            "title": self.title,
+            "status": self.status.as_u16(),
+        });
+        if let Some(d) = &self.detail {
+            body["detail"] = json!(d);
+        }
+        if let Some(f) = &self.field {
+            body["field"] = json!(f);
+        }
+        let mut response = (self.status, body.to_string()).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let Some(s) = self.retry_after
+            && let Ok(v) = HeaderValue::from_str(&s.to_string())
+        {
+            headers.insert(header::RETRY_AFTER, v);
+        }
+        response
+    }
+}

@@ -1,0 +1,7 @@
+//! One router per resource; each names the roles it accepts.
+
+pub mod audit;
+pub mod ceremonies;
+pub mod credentials;
+pub mod keys;
+pub mod ops;

@@ -1,0 +1,206 @@
+//! `signet serve`: opens the store and the key device, builds the API and
+//! runs it until SIGINT or SIGTERM.
+//!
+//! Start-up order is the order of what can be wrong: configuration (already
+//! validated by the caller), TLS material, store, key device (with its
+//! keys provisioned), then the listener. Nothing listens until everything
+//! behind it works, so a load balancer never sees a half-started node.
+//!
+//! Shutdown: stop accepting, let in-flight requests finish (up to
+//! `server.shutdown_grace_ms`), checkpoint the audit log, flush the store.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+
+use super::limits::ClientLimits;
+use super::metrics::{MeteredBackend, Metrics};
+use super::{AppState, router, server, tls};
+use crate::config::Config;
+use crate::flows::{Services, unix_ms};
+use crate::keys::profile::Profile;
+use crate::keys::{KeyRing, Role};
+use crate::store::sled_store::SledStore;
+use crate::store::{Store, Sweeper};
+
+/// Objects swept per batch by the background sweeper.
+const SWEEP_BATCH: usize = 512;
+
+/// Everything built from the configuration, before any port is opened.
+pub struct Prepared {
+    pub state: AppState,
+    pub tls: Arc<rustls::ServerConfig>,
+}
+
+/// Builds the application from a validated configuration and the key
+/// profile it names (loaded, with its environment applied, by the caller
+/// while the process had one thread): reads the TLS material, opens the key
+/// device and checks every role has an active key, then opens the store.
+pub fn prepare(config: &Config, profile: &Profile) -> anyhow::Result<Prepared> {
+    let tls = tls::server_config(&config.tls)?;
+    let metrics = Arc::new(Metrics::new().context("metrics registry")?);
+    let backend = profile
+        .open_backend()
+        .context("keys.profile: opening the key device")?;
+    let ring = Arc::new(KeyRing::new(Arc::new(MeteredBackend::new(
+        backend,
+        metrics.clone(),
+    ))));
+    for role in Role::ALL {
+        ring.active(role).with_context(|| {
+            format!("keys: role {role} has no active key; provision with `signet hsm init --profile {}`", config.keys.profile.display())
+        })?;
+    }
+    let store: Arc<dyn Store> = Arc::new(
+        SledStore::open(&config.store.data_dir)
+            .with_context(|| format!("store.data_dir: {}", config.store.data_dir.display()))?,
+    );
+    let key_certificates = match &config.keys.certificates_dir {
+        Some(dir) => load_key_certificates(dir)?,
+        None => Vec::new(),
+    };
+    let services = Arc::new(Services::new(config, store, ring));
+    let state = AppState {
+        services,
+        metrics,
+        limits: Arc::new(ClientLimits::new(config.limits)),
+        body_limit: config.server.body_limit,
+        key_certificates: Arc::new(key_certificates),
+    };
+    Ok(Prepared { state, tls })
+}
+
+/// Every `*.pem` certificate in `dir`, keyed by its SPKI so `/v1/keys` can
+/// put it beside the key it certifies. A file that does not parse stops
+/// the start: an officer placed it there on purpose.
+fn load_key_certificates(dir: &std::path::Path) -> anyhow::Result<Vec<(Vec<u8>, String)>> {
+    use der::{Decode, DecodePem, Encode};
+    let mut out = Vec::new();
+    let entries = std::fs::read_dir(dir)
+        .with_context(|| format!("keys.certificates_dir: {}", dir.display()))?;
+    for entry in entries {
+        let path = entry?.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("pem") {
+            continue;
+        }
+        let meta = std::fs::metadata(&path)?;
+        anyhow::ensure!(
+            meta.len() <= 64 * 1024,
+            "keys.certificates_dir: {} is larger than 64 KiB",
+            path.display()
+        );
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("keys.certificates_dir: {}", path.display()))?;
+        let cert = x509_cert::Certificate::from_pem(text.as_bytes()).with_context(|| {
+            format!(
+                "keys.certificates_dir: {} is not a PEM certificate",
+                path.display()
+            )
+        })?;
+        let spki = cert
+            .tbs_certificate()
+            .subject_public_key_info()
+            .to_der()
+            .context("re-encoding a certificate's SPKI")?;
+        let _ = x509_cert::Certificate::from_der(&cert.to_der()?)?;
+        out.push((spki, text));
+    }
+    Ok(out)
+}
+
+/// Runs the service until a termination signal.
+pub fn run(config: Config, profile: &Profile) -> anyhow::Result<()> {
+    let prepared = prepare(&config, profile)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("signet-io")
+        .build()
+        .context("starting the async runtime")?;
+    let services = prepared.state.services.clone();
+    let _sweeper = Sweeper::spawn(
+        services.store.clone(),
+        Box::new(|| unix_ms(SystemTime::now())),
+        config.store.sweep_interval,
+        SWEEP_BATCH,
+    )
+    .context("starting the store sweeper")?;
+
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(config.server.listen)
+            .await
+            .with_context(|| format!("server.listen: cannot bind {}", config.server.listen))?;
+        let local = listener.local_addr()?;
+        tracing::info!(address = %local, rp_id = %config.rp.id, "signet listening (mutual TLS)");
+        // Tests and scripts wait for this line.
+        println!("signet: listening on https://{local}");
+
+        let timer = tokio::spawn(checkpoint_timer(
+            services.clone(),
+            config.audit.checkpoint_interval,
+        ));
+        let app = router(prepared.state.clone());
+        let rules: Arc<[_]> = config.clients.clone().into();
+        let opts = server::ServeOptions::from(&config.server);
+        server::serve(
+            listener,
+            prepared.tls.clone(),
+            rules,
+            app,
+            opts,
+            shutdown_signal(),
+        )
+        .await?;
+        timer.abort();
+        anyhow::Ok(())
+    })?;
+
+    // In-flight requests are done: seal the log and make everything durable.
+    let s = services.clone();
+    if let Err(e) = s.audit.checkpoint_now(&s.keys, unix_ms(SystemTime::now())) {
+        tracing::warn!(error = %e, "final audit checkpoint failed");
+    }
+    s.store.flush().context("flushing the store at shutdown")?;
+    tracing::info!("signet stopped");
+    Ok(())
+}
+
+/// Checkpoints the audit head every `interval` when records arrived since
+/// the last checkpoint, so a quiet log is not left covered by the chain alone.
+async fn checkpoint_timer(services: Arc<Services>, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let s = services.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            s.audit.checkpoint_now(&s.keys, unix_ms(SystemTime::now()))
+        })
+        .await;
+        match done {
+            Ok(Ok(Some(c))) => tracing::debug!(seq = c.seq, "audit checkpoint"),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "audit checkpoint failed; retried at the next tick")
+            }
+            Err(e) => tracing::warn!(error = %e, "audit checkpoint task failed"),
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch SIGTERM; stop with SIGINT");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+    }
+}

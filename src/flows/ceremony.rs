@@ -1,0 +1,734 @@
+//! Register and authenticate: options, then verification of the browser's
+//! answer against the ceremony the options started.
+//!
+//! # Ceremony state
+//!
+//! Options store a ceremony (challenge, user, the requirements the options
+//! announced) under a random 128-bit id with the options' timeout as TTL.
+//! Verification *consumes* it before anything else is checked: the first
+//! well-formed verify request for a ceremony spends it, whether the
+//! response then verifies or not. So a challenge is answered at most once,
+//! and of any number of concurrent verify requests exactly one gets to run
+//! the checks. A request body that is not even a credential (a JSON shape
+//! error) is refused before the ceremony is touched, so a client's
+//! programming error does not cost the user a retry.
+//!
+//! Users are created at the first successful registration, not at options
+//! time: options for a user who never finishes leave nothing behind but an
+//! expiring ceremony.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use std::time::SystemTime;
+
+use super::{FlowError, Services, b64_field, truncate, unix_ms, uuid_text};
+use crate::audit::AuditEvent;
+use crate::store::{CeremonyId, CeremonyRecord, CredentialRecord, StoreError, User, limits};
+use crate::webauthn::cose_key::CredentialPublicKey;
+use crate::webauthn::options::{
+    AttestationConveyance, AuthenticatorAttachment, CreationOptionsBuilder, CredentialDescriptor,
+    RequestOptionsBuilder, ResidentKeyRequirement, UserEntity, new_challenge,
+};
+use crate::webauthn::response::{AuthenticationResponse, RegistrationResponse};
+use crate::webauthn::{self, UserVerification, assertion, b64url, registration};
+
+const REGISTRATION: &str = "registration";
+const AUTHENTICATION: &str = "authentication";
+/// Bytes of a generated user handle (the spec allows up to 64; 32 random
+/// bytes never collide and carry no personal data, §14.6.1).
+const USER_HANDLE_BYTES: usize = 32;
+
+/// What registration verification needs to know about the options it follows.
+#[derive(Serialize, Deserialize)]
+struct RegistrationState {
+    user_id: Vec<u8>,
+    user_name: String,
+    display_name: String,
+    new_user: bool,
+    action: String,
+    user_verification: UserVerification,
+}
+
+#[derive(Serialize, Deserialize)]
+struct AuthenticationState {
+    /// `None`: discoverable-credential login; the response names the user.
+    user_id: Option<Vec<u8>>,
+    action: String,
+    user_verification: UserVerification,
+}
+
+/// The stricter of two requirements: a request may raise the action's
+/// user-verification requirement, never lower it.
+fn stricter(a: UserVerification, b: UserVerification) -> UserVerification {
+    let rank = |u| match u {
+        UserVerification::Required => 2,
+        UserVerification::Preferred => 1,
+        UserVerification::Discouraged => 0,
+    };
+    if rank(b) > rank(a) { b } else { a }
+}
+
+// ---- request members ----
+
+fn object<'a>(v: &'a Value, field: &str) -> Result<&'a Map<String, Value>, FlowError> {
+    v.as_object()
+        .ok_or_else(|| FlowError::invalid(field, "must be an object"))
+}
+
+/// Refuses members the endpoint does not define: a misspelt option must not
+/// be silently ignored.
+fn only(obj: &Map<String, Value>, allowed: &[&str], path: &str) -> Result<(), FlowError> {
+    match obj.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(k) => Err(FlowError::invalid(
+            format!("{path}{}", truncate(k, 64)),
+            format!("unknown member; expected one of: {}", allowed.join(", ")),
+        )),
+        None => Ok(()),
+    }
+}
+
+fn opt_str<'a>(
+    obj: &'a Map<String, Value>,
+    name: &str,
+    path: &str,
+) -> Result<Option<&'a str>, FlowError> {
+    match obj.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(FlowError::invalid(
+            format!("{path}{name}"),
+            "must be a string",
+        )),
+    }
+}
+
+fn req_str<'a>(obj: &'a Map<String, Value>, name: &str, path: &str) -> Result<&'a str, FlowError> {
+    opt_str(obj, name, path)?
+        .ok_or_else(|| FlowError::invalid(format!("{path}{name}"), "is required"))
+}
+
+/// A user name or display name: bounded, no control characters (they end
+/// up in authenticator UIs and logs).
+fn user_text(value: &str, field: &str, allow_empty: bool) -> Result<String, FlowError> {
+    if value.is_empty() && !allow_empty {
+        return Err(FlowError::invalid(field, "must not be empty"));
+    }
+    if value.len() > limits::USER_NAME_MAX {
+        return Err(FlowError::invalid(
+            field,
+            format!("longer than {} bytes", limits::USER_NAME_MAX),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(FlowError::invalid(field, "contains control characters"));
+    }
+    Ok(value.to_string())
+}
+
+fn user_verification(
+    obj: &Map<String, Value>,
+    name: &str,
+    path: &str,
+) -> Result<Option<UserVerification>, FlowError> {
+    Ok(match opt_str(obj, name, path)? {
+        None => None,
+        Some("required") => Some(UserVerification::Required),
+        Some("preferred") => Some(UserVerification::Preferred),
+        Some("discouraged") => Some(UserVerification::Discouraged),
+        Some(_) => {
+            return Err(FlowError::invalid(
+                format!("{path}{name}"),
+                "must be required, preferred or discouraged",
+            ));
+        }
+    })
+}
+
+fn extensions(obj: &Map<String, Value>) -> Result<Option<Value>, FlowError> {
+    match obj.get("extensions") {
+        None | Some(Value::Null) => Ok(None),
+        Some(v @ Value::Object(_)) => Ok(Some(v.clone())),
+        Some(_) => Err(FlowError::invalid("extensions", "must be an object")),
+    }
+}
+
+fn ceremony_id(obj: &Map<String, Value>) -> Result<CeremonyId, FlowError> {
+    let text = req_str(obj, "ceremonyId", "")?;
+    let bytes = b64_field(text, "ceremonyId", 16, 16)?;
+    bytes
+        .try_into()
+        .map_err(|_| FlowError::invalid("ceremonyId", "must be 16 bytes, base64url"))
+}
+
+fn credential_member(obj: &Map<String, Value>) -> Result<&Value, FlowError> {
+    match obj.get("credential") {
+        None | Some(Value::Null) => Err(FlowError::invalid("credential", "is required")),
+        Some(v) => Ok(v),
+    }
+}
+
+fn new_ceremony_id() -> Result<CeremonyId, FlowError> {
+    let mut id = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut id)
+        .map_err(|_| FlowError::Internal("random generator failed".into()))?;
+    Ok(id)
+}
+
+/// Consumes the ceremony and checks its kind (the kind is checked after
+/// consumption, so a ceremony sent to the wrong endpoint is spent too, and
+/// that spending is audited like any other refusal).
+fn take_ceremony(
+    s: &Services,
+    id: &CeremonyId,
+    kind: &'static str,
+    actor: &str,
+    now_ms: u64,
+) -> Result<CeremonyRecord, FlowError> {
+    let record = match s.store.consume_ceremony(id, now_ms) {
+        Ok(r) => r,
+        Err(StoreError::NotFound { .. }) => return Err(FlowError::CeremonyNotFound),
+        Err(StoreError::Expired { .. }) => return Err(FlowError::CeremonyExpired),
+        Err(StoreError::AlreadyConsumed { .. }) => return Err(FlowError::CeremonyConsumed),
+        Err(e) => return Err(e.into()),
+    };
+    if record.kind != kind {
+        let e = FlowError::CeremonyKind {
+            expected: kind,
+            found: record.kind,
+        };
+        refused(
+            s,
+            actor,
+            &format!("{kind}.refused"),
+            &b64url(id),
+            &e,
+            now_ms,
+        )?;
+        return Err(e);
+    }
+    Ok(record)
+}
+
+fn state<T: for<'de> Deserialize<'de>>(record: &CeremonyRecord) -> Result<T, FlowError> {
+    serde_json::from_slice(&record.payload)
+        .map_err(|e| FlowError::Internal(format!("ceremony state unreadable: {e}")))
+}
+
+fn descriptors(credentials: &[CredentialRecord]) -> Vec<CredentialDescriptor> {
+    credentials
+        .iter()
+        .filter(|c| c.flagged.is_none())
+        .map(|c| CredentialDescriptor {
+            id: c.id.clone(),
+            transports: c.transports.clone(),
+        })
+        .collect()
+}
+
+// ---- registration ----
+
+/// `POST /v1/registrations/options`.
+pub fn registration_options(
+    s: &Services,
+    body: &Value,
+    now: SystemTime,
+) -> Result<Value, FlowError> {
+    let obj = object(body, "body")?;
+    only(
+        obj,
+        &[
+            "user",
+            "action",
+            "authenticatorSelection",
+            "attestation",
+            "extensions",
+        ],
+        "",
+    )?;
+    let (action, settings) = s.action(opt_str(obj, "action", "")?)?;
+    let user_obj = object(
+        obj.get("user")
+            .ok_or_else(|| FlowError::invalid("user", "is required"))?,
+        "user",
+    )?;
+    only(user_obj, &["name", "displayName", "id"], "user.")?;
+    let name = user_text(req_str(user_obj, "name", "user.")?, "user.name", false)?;
+    let display_name = match opt_str(user_obj, "displayName", "user.")? {
+        Some(d) => user_text(d, "user.displayName", true)?,
+        None => name.clone(),
+    };
+    let wanted_id = opt_str(user_obj, "id", "user.")?
+        .map(|t| b64_field(t, "user.id", 1, limits::USER_ID_MAX))
+        .transpose()?;
+
+    let mut uv = settings.user_verification;
+    let mut resident_key = settings.resident_key;
+    let mut attachment = None;
+    if let Some(sel) = obj.get("authenticatorSelection").filter(|v| !v.is_null()) {
+        let sel = object(sel, "authenticatorSelection")?;
+        let path = "authenticatorSelection.";
+        only(
+            sel,
+            &[
+                "authenticatorAttachment",
+                "residentKey",
+                "requireResidentKey",
+                "userVerification",
+            ],
+            path,
+        )?;
+        if let Some(u) = user_verification(sel, "userVerification", path)? {
+            uv = stricter(uv, u);
+        }
+        attachment = match opt_str(sel, "authenticatorAttachment", path)? {
+            None => None,
+            Some("platform") => Some(AuthenticatorAttachment::Platform),
+            Some("cross-platform") => Some(AuthenticatorAttachment::CrossPlatform),
+            Some(_) => {
+                return Err(FlowError::invalid(
+                    "authenticatorSelection.authenticatorAttachment",
+                    "must be platform or cross-platform",
+                ));
+            }
+        };
+        match opt_str(sel, "residentKey", path)? {
+            None => {}
+            Some("required") => resident_key = ResidentKeyRequirement::Required,
+            Some("preferred") => resident_key = ResidentKeyRequirement::Preferred,
+            Some("discouraged") => resident_key = ResidentKeyRequirement::Discouraged,
+            Some(_) => {
+                return Err(FlowError::invalid(
+                    "authenticatorSelection.residentKey",
+                    "must be required, preferred or discouraged",
+                ));
+            }
+        }
+        // Level 1 clients send only requireResidentKey (§5.4.4).
+        match sel.get("requireResidentKey") {
+            None | Some(Value::Null) => {}
+            Some(Value::Bool(true)) => resident_key = ResidentKeyRequirement::Required,
+            Some(Value::Bool(false)) => {}
+            Some(_) => {
+                return Err(FlowError::invalid(
+                    "authenticatorSelection.requireResidentKey",
+                    "must be a boolean",
+                ));
+            }
+        }
+    }
+    let attestation = match opt_str(obj, "attestation", "")? {
+        None => settings.attestation,
+        Some("none") => AttestationConveyance::None,
+        Some("indirect") => AttestationConveyance::Indirect,
+        Some("direct") => AttestationConveyance::Direct,
+        Some("enterprise") => AttestationConveyance::Enterprise,
+        Some(_) => {
+            return Err(FlowError::invalid(
+                "attestation",
+                "must be none, indirect, direct or enterprise",
+            ));
+        }
+    };
+    let extensions = extensions(obj)?;
+
+    // The user: existing by name, or new with the given or a random handle.
+    let (user_id, new_user, exclude) = match s.store.user_by_name(&name)? {
+        Some(existing) => {
+            if let Some(w) = &wanted_id
+                && *w != existing.id
+            {
+                return Err(FlowError::Conflict {
+                    field: "user.id".into(),
+                    reason: "the user name is registered with another user id".into(),
+                });
+            }
+            let creds = s.store.credentials_by_user(&existing.id)?;
+            (existing.id, false, descriptors(&creds))
+        }
+        None => {
+            let id = match wanted_id {
+                Some(w) => {
+                    if s.store.user_by_id(&w)?.is_some() {
+                        return Err(FlowError::Conflict {
+                            field: "user.id".into(),
+                            reason: "the user id belongs to another user name".into(),
+                        });
+                    }
+                    w
+                }
+                None => {
+                    let mut id = vec![0u8; USER_HANDLE_BYTES];
+                    aws_lc_rs::rand::fill(&mut id)
+                        .map_err(|_| FlowError::Internal("random generator failed".into()))?;
+                    id
+                }
+            };
+            (id, true, Vec::new())
+        }
+    };
+
+    let challenge = new_challenge().map_err(FlowError::Ceremony)?;
+    let user = UserEntity {
+        id: user_id.clone(),
+        name: name.clone(),
+        display_name: display_name.clone(),
+    };
+    let mut builder = CreationOptionsBuilder::new(&s.rp, &s.rp_name, &user, &challenge)
+        .timeout_ms(s.ceremony_timeout_ms)
+        .exclude_credentials(exclude)
+        .resident_key(resident_key)
+        .user_verification(uv)
+        .attestation(attestation);
+    if let Some(a) = attachment {
+        builder = builder.authenticator_attachment(a);
+    }
+    if let Some(e) = extensions {
+        builder = builder.extensions(e);
+    }
+    let options = builder.build().map_err(FlowError::Ceremony)?;
+
+    let id = new_ceremony_id()?;
+    let payload = serde_json::to_vec(&RegistrationState {
+        user_id: user_id.clone(),
+        user_name: name,
+        display_name,
+        new_user,
+        action,
+        user_verification: uv,
+    })
+    .map_err(|e| FlowError::Internal(format!("ceremony state: {e}")))?;
+    let now_ms = unix_ms(now);
+    s.store.put_ceremony(&CeremonyRecord {
+        id,
+        kind: REGISTRATION.into(),
+        challenge: challenge.to_vec(),
+        user_id: Some(user_id),
+        expires_ms: now_ms.saturating_add(u64::from(options.timeout)),
+        payload,
+    })?;
+    Ok(json!({ "ceremonyId": b64url(&id), "publicKey": options }))
+}
+
+/// `POST /v1/registrations/verify`.
+pub fn registration_verify(
+    s: &Services,
+    body: &Value,
+    actor: &str,
+    now: SystemTime,
+) -> Result<Value, FlowError> {
+    let obj = object(body, "body")?;
+    only(obj, &["ceremonyId", "credential"], "")?;
+    let id = ceremony_id(obj)?;
+    let response = RegistrationResponse::from_value(credential_member(obj)?)
+        .map_err(FlowError::in_credential)?;
+    let now_ms = unix_ms(now);
+    let record = take_ceremony(s, &id, REGISTRATION, actor, now_ms)?;
+    let st: RegistrationState = state(&record)?;
+
+    let verified = registration::verify(
+        &response,
+        &registration::Expectation {
+            rp: &s.rp,
+            challenge: &record.challenge,
+            user_verification: st.user_verification,
+            require_user_presence: true,
+            policy: &s.attestation,
+            trust_anchors: &[],
+            now,
+        },
+    );
+    let reg = match verified {
+        Ok(r) => r,
+        Err(e) => {
+            let e = FlowError::in_credential(e);
+            refused(s, actor, "registration.refused", &b64url(&id), &e, now_ms)?;
+            return Err(e);
+        }
+    };
+
+    if s.store.credential(&reg.credential_id)?.is_some() {
+        let e = FlowError::Conflict {
+            field: "credential.id".into(),
+            reason: "this credential is already registered".into(),
+        };
+        refused(s, actor, "registration.refused", &b64url(&id), &e, now_ms)?;
+        return Err(e);
+    }
+    if st.new_user {
+        let user = User {
+            id: st.user_id.clone(),
+            name: st.user_name.clone(),
+            display_name: st.display_name.clone(),
+            created_ms: now_ms,
+        };
+        match s.store.put_user(&user) {
+            Ok(()) => {}
+            // Two registrations for one new name raced; the first created
+            // the user. Same id: it is ours too. Another id: refuse.
+            Err(StoreError::Exists { .. }) => match s.store.user_by_name(&st.user_name)? {
+                Some(u) if u.id == st.user_id => {}
+                _ => {
+                    return Err(FlowError::Conflict {
+                        field: "user".into(),
+                        reason: "the user was registered concurrently with another id".into(),
+                    });
+                }
+            },
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let record = CredentialRecord {
+        id: reg.credential_id.clone(),
+        user_id: st.user_id.clone(),
+        public_key_cose: reg.public_key.cose.clone(),
+        sign_count: reg.sign_count,
+        backup_eligible: reg.flags.be,
+        backup_state: reg.flags.bs,
+        aaguid: reg.aaguid,
+        fmt: reg.fmt.clone(),
+        attestation_type: reg.attestation_type.as_str().to_string(),
+        transports: reg
+            .transports
+            .iter()
+            .take(limits::TRANSPORTS_MAX)
+            .cloned()
+            .collect(),
+        created_ms: now_ms,
+        last_used_ms: None,
+        flagged: None,
+    };
+    match s.store.insert_credential(&record) {
+        Ok(()) => {}
+        Err(StoreError::Exists { .. }) => {
+            return Err(FlowError::Conflict {
+                field: "credential.id".into(),
+                reason: "this credential is already registered".into(),
+            });
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let answer = json!({
+        "credentialId": b64url(&reg.credential_id),
+        "userId": b64url(&st.user_id),
+        "userName": st.user_name,
+        "aaguid": uuid_text(&reg.aaguid),
+        "fmt": reg.fmt,
+        "attestationType": record.attestation_type,
+        "attestationTrusted": reg.anchored,
+        "userVerified": reg.flags.uv,
+        "backupEligible": reg.flags.be,
+        "backupState": reg.flags.bs,
+        "signCount": reg.sign_count,
+        "transports": record.transports,
+        "action": st.action,
+    });
+    s.record(
+        AuditEvent::new(
+            now_ms,
+            actor,
+            "credential.registered",
+            b64url(&reg.credential_id),
+        )
+        .with_detail(json!({
+            "ceremonyId": b64url(&id),
+            "userId": b64url(&st.user_id),
+            "aaguid": uuid_text(&reg.aaguid),
+            "fmt": record.fmt,
+            "attestationType": record.attestation_type,
+            "attestationTrusted": reg.anchored,
+            "action": st.action,
+        })),
+    )?;
+    Ok(answer)
+}
+
+// ---- authentication ----
+
+/// `POST /v1/authentications/options`.
+pub fn authentication_options(
+    s: &Services,
+    body: &Value,
+    now: SystemTime,
+) -> Result<Value, FlowError> {
+    let obj = object(body, "body")?;
+    only(
+        obj,
+        &["user", "action", "userVerification", "extensions"],
+        "",
+    )?;
+    let (action, settings) = s.action(opt_str(obj, "action", "")?)?;
+    let mut uv = settings.user_verification;
+    if let Some(u) = user_verification(obj, "userVerification", "")? {
+        uv = stricter(uv, u);
+    }
+    let extensions = extensions(obj)?;
+    let (user_id, allow) = match obj.get("user").filter(|v| !v.is_null()) {
+        None => (None, Vec::new()),
+        Some(u) => {
+            let u = object(u, "user")?;
+            only(u, &["name"], "user.")?;
+            let name = user_text(req_str(u, "name", "user.")?, "user.name", false)?;
+            let user = s.store.user_by_name(&name)?.ok_or(FlowError::NotFound {
+                what: "user",
+                field: "user.name".into(),
+            })?;
+            let allow = descriptors(&s.store.credentials_by_user(&user.id)?);
+            if allow.is_empty() {
+                return Err(FlowError::NotFound {
+                    what: "usable credential for this user",
+                    field: "user.name".into(),
+                });
+            }
+            (Some(user.id), allow)
+        }
+    };
+    let challenge = new_challenge().map_err(FlowError::Ceremony)?;
+    let mut builder = RequestOptionsBuilder::new(&s.rp, &challenge)
+        .timeout_ms(s.ceremony_timeout_ms)
+        .allow_credentials(allow)
+        .user_verification(uv);
+    if let Some(e) = extensions {
+        builder = builder.extensions(e);
+    }
+    let options = builder.build().map_err(FlowError::Ceremony)?;
+    let id = new_ceremony_id()?;
+    let payload = serde_json::to_vec(&AuthenticationState {
+        user_id: user_id.clone(),
+        action,
+        user_verification: uv,
+    })
+    .map_err(|e| FlowError::Internal(format!("ceremony state: {e}")))?;
+    let now_ms = unix_ms(now);
+    s.store.put_ceremony(&CeremonyRecord {
+        id,
+        kind: AUTHENTICATION.into(),
+        challenge: challenge.to_vec(),
+        user_id,
+        expires_ms: now_ms.saturating_add(u64::from(options.timeout)),
+        payload,
+    })?;
+    Ok(json!({ "ceremonyId": b64url(&id), "publicKey": options }))
+}
+
+/// `POST /v1/authentications/verify`.
+pub fn authentication_verify(
+    s: &Services,
+    body: &Value,
+    actor: &str,
+    now: SystemTime,
+) -> Result<Value, FlowError> {
+    let obj = object(body, "body")?;
+    only(obj, &["ceremonyId", "credential"], "")?;
+    let id = ceremony_id(obj)?;
+    let response = AuthenticationResponse::from_value(credential_member(obj)?)
+        .map_err(FlowError::in_credential)?;
+    let now_ms = unix_ms(now);
+    let record = take_ceremony(s, &id, AUTHENTICATION, actor, now_ms)?;
+    let st: AuthenticationState = state(&record)?;
+    let subject = b64url(&id);
+
+    let result = check_assertion(s, &response, &record.challenge, &st, now_ms);
+    let (cred, verified) = match result {
+        Ok(v) => v,
+        Err(e) => {
+            refused(s, actor, "authentication.refused", &subject, &e, now_ms)?;
+            return Err(e);
+        }
+    };
+    let user = s.store.user_by_id(&cred.user_id)?;
+    let answer = json!({
+        "userId": b64url(&cred.user_id),
+        "userName": user.map(|u| u.name),
+        "credentialId": b64url(&cred.id),
+        "signCount": verified.sign_count,
+        "userVerified": verified.user_verified,
+        "backupEligible": cred.backup_eligible,
+        "backupState": verified.backup_state,
+        "aaguid": uuid_text(&cred.aaguid),
+        "action": st.action,
+    });
+    s.record(
+        AuditEvent::new(now_ms, actor, "authentication.verified", b64url(&cred.id)).with_detail(
+            json!({
+                "ceremonyId": subject,
+                "userId": b64url(&cred.user_id),
+                "signCount": verified.sign_count,
+                "userVerified": verified.user_verified,
+                "action": st.action,
+            }),
+        ),
+    )?;
+    Ok(answer)
+}
+
+/// Everything between consuming the ceremony and acknowledging: the
+/// credential lookup, the engine, and the counter compare-and-swap.
+fn check_assertion(
+    s: &Services,
+    response: &AuthenticationResponse,
+    challenge: &[u8],
+    st: &AuthenticationState,
+    now_ms: u64,
+) -> Result<(CredentialRecord, assertion::Assertion), FlowError> {
+    let cred = s
+        .store
+        .credential(&response.id)?
+        .ok_or(FlowError::NotFound {
+            what: "credential",
+            field: "credential.id".into(),
+        })?;
+    if let Some(uid) = &st.user_id
+        && !webauthn::constant_time_eq(uid, &cred.user_id)
+    {
+        return Err(FlowError::Ceremony(webauthn::Error::mismatch(
+            "credential.id",
+            "is not one of the credentials these options allowed",
+        )));
+    }
+    if let Some(reason) = &cred.flagged {
+        return Err(FlowError::Flagged {
+            reason: reason.clone(),
+        });
+    }
+    let key = CredentialPublicKey::from_cose(&cred.public_key_cose, "stored credential public key")
+        .map_err(|e| FlowError::Internal(format!("stored credential unreadable: {e}")))?;
+    let verified = assertion::verify(
+        response,
+        &assertion::StoredCredential {
+            id: &cred.id,
+            public_key: &key,
+            sign_count: cred.sign_count,
+            backup_eligible: cred.backup_eligible,
+            user_handle: &cred.user_id,
+        },
+        &assertion::Expectation {
+            rp: &s.rp,
+            challenge,
+            user_verification: st.user_verification,
+            require_user_presence: true,
+            discoverable: st.user_id.is_none(),
+            allow_payment: false,
+        },
+    )
+    .map_err(FlowError::in_credential)?;
+    s.store
+        .update_after_assertion(&cred.id, verified.sign_count, verified.backup_state, now_ms)?;
+    Ok((cred, verified))
+}
+
+/// Audits a refused ceremony: failures are what a security team looks for.
+fn refused(
+    s: &Services,
+    actor: &str,
+    event: &str,
+    subject: &str,
+    error: &FlowError,
+    now_ms: u64,
+) -> Result<(), FlowError> {
+    s.record(
+        AuditEvent::new(now_ms, actor, event, subject).with_detail(json!({
+            "field": error.field(),
+            "reason": truncate(&error.to_string(), 512),
+        })),
+    )
+}

@@ -1,0 +1,299 @@
+//! The ceremonies as plain functions over the engine, the store, the keys
+//! and the audit log. The API calls these; so could the CLI.
+//!
+//! Each flow takes its inputs already decoded from JSON (`serde_json::Value`
+//! for the parts the engine reads member by member, so every bad member is
+//! named), the caller's identity for the audit log, and the time. None of
+//! them reads the clock. All of them block (store fsync, HSM): call them off
+//! the async reactor.
+//!
+//! Errors are [`FlowError`], whose variants name the cause and the request
+//! field; the API maps each to one problem type and HTTP status.
+
+pub mod ceremony;
+pub mod credentials;
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::audit::{AuditEvent, AuditLog, AuditLogError};
+use crate::config::{ActionSettings, Config};
+use crate::keys::{KeyError, KeyRing};
+use crate::store::{Store, StoreError};
+use crate::webauthn::attestation::AttestationPolicy;
+use crate::webauthn::{self, RelyingParty};
+
+/// Everything the flows work on, built once at start.
+pub struct Services {
+    pub store: Arc<dyn Store>,
+    pub audit: AuditLog,
+    pub keys: Arc<KeyRing>,
+    pub rp: RelyingParty,
+    pub rp_name: String,
+    pub ceremony_timeout_ms: u32,
+    pub attestation: AttestationPolicy,
+    pub actions: std::collections::BTreeMap<String, ActionSettings>,
+}
+
+impl Services {
+    pub fn new(config: &Config, store: Arc<dyn Store>, keys: Arc<KeyRing>) -> Services {
+        let mut rp = RelyingParty::new(config.rp.id.clone(), config.rp.origins.clone());
+        if !config.rp.algorithms.is_empty() {
+            rp.algorithms = config.rp.algorithms.clone();
+        }
+        let audit = AuditLog::new(
+            store.clone(),
+            crate::audit::CheckpointPolicy {
+                every_records: config.audit.checkpoint_every,
+                every_ms: config.audit.checkpoint_interval.as_millis() as u64,
+            },
+        );
+        Services {
+            store,
+            audit,
+            keys,
+            rp,
+            rp_name: config.rp.name.clone(),
+            ceremony_timeout_ms: config.rp.ceremony_timeout_ms,
+            attestation: AttestationPolicy::default(),
+            actions: config.actions.clone(),
+        }
+    }
+
+    /// The action's settings; `None` picks `default`.
+    pub fn action(&self, name: Option<&str>) -> Result<(String, &ActionSettings), FlowError> {
+        let name = name.unwrap_or("default");
+        match self.actions.get(name) {
+            Some(a) => Ok((name.to_string(), a)),
+            None => Err(FlowError::invalid(
+                "action",
+                format!(
+                    "unknown action {:?}; configured: {}",
+                    truncate(name, 64),
+                    self.actions.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            )),
+        }
+    }
+
+    /// Appends to the audit log, checkpointing with the `audit-checkpoint`
+    /// key when due. A failure here fails the request: an action the log
+    /// cannot record is not acknowledged.
+    pub fn record(&self, event: AuditEvent) -> Result<(), FlowError> {
+        self.audit
+            .append(&event, Some(&self.keys))
+            .map(|_| ())
+            .map_err(FlowError::from)
+    }
+}
+
+/// Why a flow refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FlowError {
+    /// A request member is missing, mistyped or out of range.
+    #[error("{field}: {reason}")]
+    Invalid { field: String, reason: String },
+    /// The WebAuthn engine refused the response or could not build options.
+    #[error("{0}")]
+    Ceremony(webauthn::Error),
+    /// The ceremony id is unknown (never issued, or swept long after use).
+    #[error("ceremonyId: no such ceremony")]
+    CeremonyNotFound,
+    #[error("ceremonyId: the ceremony has expired; ask for new options")]
+    CeremonyExpired,
+    #[error("ceremonyId: the ceremony was already used; ask for new options")]
+    CeremonyConsumed,
+    /// A ceremony of another kind (a registration id sent to authentication).
+    #[error("ceremonyId: is a {found} ceremony, not {expected}")]
+    CeremonyKind {
+        expected: &'static str,
+        found: String,
+    },
+    #[error("{field}: {what} not found")]
+    NotFound { what: &'static str, field: String },
+    /// The request contradicts stored state (a taken user id, a credential
+    /// registered before).
+    #[error("{field}: {reason}")]
+    Conflict { field: String, reason: String },
+    /// The signature counter did not advance: cloned authenticator or replay.
+    #[error("credential: signature counter did not advance (stored {stored}, received {received})")]
+    Counter { stored: u32, received: u32 },
+    /// The credential is flagged (e.g. its authenticator reported compromised).
+    #[error("credential.id: the credential is flagged: {reason}")]
+    Flagged { reason: String },
+    /// The key device is away; try again later.
+    #[error("key device unavailable: {0}")]
+    Unavailable(String),
+    /// Something on our side failed; details are logged, not returned.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl FlowError {
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> FlowError {
+        FlowError::Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The request member the error is about, if any.
+    pub fn field(&self) -> Option<String> {
+        match self {
+            FlowError::Invalid { field, .. }
+            | FlowError::NotFound { field, .. }
+            | FlowError::Conflict { field, .. } => Some(field.clone()),
+            FlowError::Ceremony(e) => Some(e.field().to_string()),
+            FlowError::CeremonyNotFound
+            | FlowError::CeremonyExpired
+            | FlowError::CeremonyConsumed
+            | FlowError::CeremonyKind { .. } => Some("ceremonyId".into()),
+            FlowError::Counter { .. } => {
+                Some("credential.response.authenticatorData.signCount".into())
+            }
+            FlowError::Flagged { .. } => Some("credential.id".into()),
+            FlowError::Unavailable(_) | FlowError::Internal(_) => None,
+        }
+    }
+
+    /// An engine error about the `credential` member of the request body.
+    pub fn in_credential(mut e: webauthn::Error) -> FlowError {
+        if let webauthn::Error::CounterNotIncreased { stored, received } = e {
+            return FlowError::Counter { stored, received };
+        }
+        if let Some(f) = e.field_mut() {
+            *f = format!("credential.{f}");
+        }
+        FlowError::Ceremony(e)
+    }
+}
+
+impl From<StoreError> for FlowError {
+    fn from(e: StoreError) -> FlowError {
+        match e {
+            StoreError::CounterRegression { stored, received } => {
+                FlowError::Counter { stored, received }
+            }
+            other => FlowError::Internal(format!("store: {other}")),
+        }
+    }
+}
+
+impl From<KeyError> for FlowError {
+    fn from(e: KeyError) -> FlowError {
+        if e.is_unavailable() {
+            FlowError::Unavailable(e.to_string())
+        } else {
+            FlowError::Internal(format!("keys: {e}"))
+        }
+    }
+}
+
+impl From<AuditLogError> for FlowError {
+    fn from(e: AuditLogError) -> FlowError {
+        FlowError::Internal(format!("audit: {e}"))
+    }
+}
+
+/// Unix milliseconds; times before 1970 are 0.
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis().min(u128::from(u64::MAX)) as u64)
+        .unwrap_or(0)
+}
+
+/// RFC 3339 UTC with milliseconds, for answers and listings.
+pub fn rfc3339_ms(ms: u64) -> String {
+    let secs = (ms / 1000) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+/// Howard Hinnant's days-to-civil algorithm (proleptic Gregorian).
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// The AAGUID as a UUID string.
+pub fn uuid_text(b: &[u8; 16]) -> String {
+    let h = crate::audit::hex(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// A base64url request member of bounded size.
+pub fn b64_field(value: &str, field: &str, min: usize, max: usize) -> Result<Vec<u8>, FlowError> {
+    // A request member, not part of the WebAuthn response: invalid-request.
+    let bytes = webauthn::b64url_decode(field, value, max).map_err(|e| {
+        let text = e.to_string();
+        let reason = text.strip_prefix(&format!("{field}: ")).unwrap_or(&text);
+        FlowError::invalid(field, reason)
+    })?;
+    if bytes.len() < min {
+        return Err(FlowError::invalid(
+            field,
+            format!("must decode to at least {min} bytes"),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// For messages that echo client input: at most `max` characters.
+pub fn truncate(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_matches_known_instants() {
+        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(rfc3339_ms(1_795_305_600_000), "2026-11-22T00:00:00.000Z");
+    }
+
+    #[test]
+    fn uuid_text_is_grouped() {
+        let b: [u8; 16] = core::array::from_fn(|i| i as u8);
+        assert_eq!(uuid_text(&b), "00010203-0405-0607-0809-0a0b0c0d0e0f");
+    }
+
+    #[test]
+    fn counter_regressions_keep_their_numbers() {
+        let e = FlowError::from(StoreError::CounterRegression {
+            stored: 5,
+            received: 3,
+        });
+        assert!(matches!(
+            e,
+            FlowError::Counter {
+                stored: 5,
+                received: 3
+            }
+        ));
+    }
+}

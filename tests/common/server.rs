@@ -1,0 +1,285 @@
+//! A real `signet serve` process for integration tests: its own SoftHSM
+//! token (keys provisioned with `signet hsm init`), its own test PKI, a
+//! config in a temporary directory, port 0 on 127.0.0.1 (the server prints
+//! the port it got), stopped by PID with SIGTERM on drop.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::pki::{self, TestPki};
+use super::softhsm::SoftHsm;
+
+pub const RP_ID: &str = "localhost";
+pub const ORIGIN: &str = "https://localhost";
+
+/// The `[[clients]]` rules every test server has: one per role by SAN URI.
+pub const ROLES: [&str; 4] = ["rp", "officer", "auditor", "monitor"];
+
+pub fn signet_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_signet")
+}
+
+pub struct SignetServer {
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub pki: TestPki,
+    pub hsm: SoftHsm,
+    pub config: PathBuf,
+    child: Option<Child>,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+impl SignetServer {
+    /// A server with the default test configuration.
+    pub fn start() -> SignetServer {
+        SignetServer::start_with("")
+    }
+
+    /// A server whose config has `extra` TOML appended (e.g. a `[limits]`
+    /// table).
+    pub fn start_with(extra: &str) -> SignetServer {
+        let hsm = SoftHsm::new();
+        let out = Command::new(signet_bin())
+            .args(["hsm", "init", "--profile"])
+            .arg(hsm.profile_path())
+            .output()
+            .expect("run signet hsm init");
+        assert!(
+            out.status.success(),
+            "hsm init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = pki::generate(&dir.path().join("pki"));
+        let config = dir.path().join("signet.toml");
+        std::fs::write(&config, config_text(&hsm.profile_path(), extra)).expect("write config");
+        let mut server = SignetServer {
+            addr: "127.0.0.1:0".parse().expect("addr"),
+            dir,
+            pki,
+            hsm,
+            config,
+            child: None,
+            stderr: None,
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let mut child = Command::new(signet_bin())
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .env_remove("SIGNET_LISTEN")
+            .env_remove("SIGNET_DATA_DIR")
+            .env_remove("SIGNET_RP_ID")
+            .env_remove("SIGNET_RP_ORIGINS")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn signet serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut stderr = child.stderr.take().expect("stderr");
+        self.stderr = Some(std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = stderr.read_to_string(&mut s);
+            s
+        }));
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            // Keep draining so the server never blocks on a full pipe.
+            for _ in lines {}
+        });
+        self.child = Some(child);
+        let line = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(l) => l,
+            Err(_) => {
+                let log = self.stop_and_log();
+                panic!("signet serve did not start; stderr:\n{log}");
+            }
+        };
+        let addr = line
+            .strip_prefix("signet: listening on https://")
+            .unwrap_or_else(|| panic!("unexpected first line: {line}"));
+        self.addr = addr.parse().expect("listen address");
+        self.wait_ready();
+    }
+
+    fn wait_ready(&self) {
+        let client = self.client("monitor");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = client.get(self.url("/readyz")).send()
+                && r.status().is_success()
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "signet never became ready");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).expect("running")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.addr.port())
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("https://localhost:{}", self.addr.port())
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// A keep-alive HTTPS client presenting `<name>.pem` from the test PKI.
+    pub fn client(&self, name: &str) -> reqwest::blocking::Client {
+        client_with(pki::client_config(&self.pki, name), self.addr)
+    }
+
+    /// A client presenting no certificate.
+    pub fn client_without_cert(&self) -> reqwest::blocking::Client {
+        client_with(pki::client_config_no_cert(&self.pki), self.addr)
+    }
+
+    /// POSTs JSON as `role`; returns status and body (JSON, or Null).
+    pub fn post(&self, role: &str, path: &str, body: &Value) -> (u16, Value) {
+        let r = self
+            .client(role)
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .expect("request");
+        read(r)
+    }
+
+    pub fn get(&self, role: &str, path: &str) -> (u16, Value) {
+        let r = self
+            .client(role)
+            .get(self.url(path))
+            .send()
+            .expect("request");
+        read(r)
+    }
+
+    /// SIGTERM, wait for exit; returns the exit status and stderr.
+    pub fn stop(&mut self) -> (std::process::ExitStatus, String) {
+        let mut child = self.child.take().expect("running");
+        terminate(child.id());
+        let status = wait_timeout(&mut child, Duration::from_secs(30)).unwrap_or_else(|| {
+            let _ = child.kill();
+            child.wait().expect("wait after kill")
+        });
+        let log = self
+            .stderr
+            .take()
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default();
+        (status, log)
+    }
+
+    fn stop_and_log(&mut self) -> String {
+        self.stop().1
+    }
+
+    /// Stops and starts again on the same config, store and token.
+    pub fn restart(&mut self) {
+        let (status, log) = self.stop();
+        assert!(status.success(), "signet exited with {status}: {log}");
+        self.spawn();
+    }
+}
+
+impl Drop for SignetServer {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = self.stop();
+        }
+    }
+}
+
+pub fn terminate(pid: u32) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+}
+
+pub fn wait_timeout(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn client_with(tls: rustls::ClientConfig, addr: SocketAddr) -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .use_preconfigured_tls(tls)
+        .resolve("localhost", addr)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("HTTP client")
+}
+
+pub fn read(r: reqwest::blocking::Response) -> (u16, Value) {
+    let status = r.status().as_u16();
+    let text = r.text().unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+pub fn config_text(profile: &Path, extra: &str) -> String {
+    let mut clients = String::new();
+    for role in ROLES {
+        clients.push_str(&format!(
+            "[[clients]]\nname = \"test-{role}\"\nrole = \"{role}\"\nsan_uri = \"{}\"\n\n",
+            pki::role_uri(role)
+        ));
+    }
+    format!(
+        r#"[server]
+listen = "127.0.0.1:0"
+shutdown_grace_ms = 10000
+
+[tls]
+cert = "pki/server.pem"
+key = "pki/server.key"
+client_ca = "pki/ca.pem"
+crls = ["pki/ca.crl"]
+
+{clients}
+[rp]
+id = "{RP_ID}"
+name = "signet test bank"
+origins = ["{ORIGIN}"]
+
+[store]
+data_dir = "data"
+
+[keys]
+profile = "{}"
+
+[audit]
+checkpoint_every = 10
+
+{extra}
+"#,
+        profile.display()
+    )
+}

@@ -317,7 +317,10 @@ async fn handshake_refused_without_a_valid_unrevoked_certificate() {
     .await;
     assert!(e.contains("CertificateRevoked"), "revoked, TLS 1.2: {e}");
     let e = expect_rejected(pki::client_config_versions(&pki, None, &tls12), server.addr).await;
-    assert!(e.contains("CertificateRequired"), "no certificate, TLS 1.2: {e}");
+    assert!(
+        e.contains("CertificateRequired"),
+        "no certificate, TLS 1.2: {e}"
+    );
 
     // The server is still serving.
     let (status, _) = request(pki::client_config(&pki, "rp"), server.addr, "/").await;

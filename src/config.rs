@@ -837,3 +837,222 @@ fn action(a: RawAction, key: &str) -> Result<ActionSettings, ConfigError> {
         attestation,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[tls]
+cert = "pki/server.pem"
+key = "pki/server.key"
+client_ca = "pki/ca.pem"
+crls = ["pki/ca.crl"]
+
+[[clients]]
+name = "core"
+role = "rp"
+san_uri = "urn:signet:role:rp"
+
+[rp]
+id = "bank.example"
+origins = ["https://bank.example"]
+
+[store]
+data_dir = "data"
+
+[keys]
+profile = "/etc/signet/hsm.toml"
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(
+            text,
+            Path::new("/etc/signet/signet.toml"),
+            &Overrides::default(),
+        )
+    }
+
+    fn key_of(text: &str) -> String {
+        match parse(text) {
+            Ok(_) => panic!("accepted:\n{text}"),
+            Err(e) => e.key,
+        }
+    }
+
+    #[test]
+    fn defaults_and_relative_paths() {
+        let c = parse(MINIMAL).expect("minimal config");
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8443");
+        assert_eq!(c.server.body_limit, 256 * 1024);
+        assert_eq!(c.tls.cert, Path::new("/etc/signet/pki/server.pem"));
+        assert_eq!(c.tls.crls, vec![PathBuf::from("/etc/signet/pki/ca.crl")]);
+        assert!(c.tls.tls12);
+        assert_eq!(c.store.data_dir, Path::new("/etc/signet/data"));
+        assert_eq!(c.keys.profile, Path::new("/etc/signet/hsm.toml"));
+        assert_eq!(c.rp.name, "bank.example");
+        assert_eq!(c.rp.ceremony_timeout_ms, 300_000);
+        assert!(c.actions.contains_key("default"));
+        assert_eq!(c.clients[0].role, ApiRole::Rp);
+        assert!(!c.log.json);
+    }
+
+    #[test]
+    fn environment_overrides_win() {
+        let ov = Overrides {
+            listen: Some("0.0.0.0:9443".into()),
+            data_dir: Some("/var/lib/signet".into()),
+            rp_id: Some("other.example".into()),
+            rp_origins: Some("https://other.example, https://app.other.example:8443".into()),
+        };
+        let c = Config::parse(MINIMAL, Path::new("/etc/signet/signet.toml"), &ov).expect("config");
+        assert_eq!(c.server.listen.to_string(), "0.0.0.0:9443");
+        assert_eq!(c.store.data_dir, Path::new("/var/lib/signet"));
+        assert_eq!(c.rp.id, "other.example");
+        assert_eq!(
+            c.rp.origins,
+            ["https://other.example", "https://app.other.example:8443"]
+        );
+        // An override is validated like the file.
+        let bad = Overrides {
+            rp_origins: Some("https://evil.example".into()),
+            ..Overrides::default()
+        };
+        let e = Config::parse(MINIMAL, Path::new("/x/signet.toml"), &bad).expect_err("evil origin");
+        assert_eq!(e.key, "rp.origins[0]");
+    }
+
+    #[test]
+    fn every_error_names_its_key() {
+        let cases: Vec<(String, &str)> = vec![
+            (
+                MINIMAL.replace("[tls]", "[tls]\ntls13 = true"),
+                "signet.toml",
+            ),
+            (
+                MINIMAL.replace("role = \"rp\"", "role = \"admin\""),
+                "clients[0].role",
+            ),
+            (
+                MINIMAL.replace("san_uri = \"urn:signet:role:rp\"", ""),
+                "clients[0]",
+            ),
+            (
+                MINIMAL.replace("san_uri = \"urn:signet:role:rp\"", "spki_sha256 = \"abcd\""),
+                "clients[0].spki_sha256",
+            ),
+            (MINIMAL.replace("name = \"core\"\n", ""), "clients[0].name"),
+            (
+                MINIMAL.replace("id = \"bank.example\"", "id = \"Bank.Example\""),
+                "rp.id",
+            ),
+            (
+                MINIMAL.replace("[\"https://bank.example\"]", "[\"http://bank.example\"]"),
+                "rp.origins[0]",
+            ),
+            (
+                MINIMAL.replace(
+                    "[\"https://bank.example\"]",
+                    "[\"https://bank.example/login\"]",
+                ),
+                "rp.origins[0]",
+            ),
+            (
+                MINIMAL.replace("[\"https://bank.example\"]", "[]"),
+                "rp.origins",
+            ),
+            (
+                format!("{MINIMAL}\n[server]\nlisten = \"localhost\"\n"),
+                "server.listen",
+            ),
+            (
+                format!("{MINIMAL}\n[server]\nbody_limit_bytes = 10\n"),
+                "server.body_limit_bytes",
+            ),
+            (
+                format!("{MINIMAL}\n[log]\nformat = \"xml\"\n"),
+                "log.format",
+            ),
+            (
+                format!("{MINIMAL}\n[actions.pay]\nuser_verification = \"always\"\n"),
+                "actions.pay.user_verification",
+            ),
+            (
+                format!("{MINIMAL}\n[actions.\"Pay Now\"]\n"),
+                "actions.Pay Now",
+            ),
+            (
+                MINIMAL.replace("origins = [", "algorithms = [\"ES257\"]\norigins = ["),
+                "rp.algorithms[0]",
+            ),
+            (MINIMAL.replace("data_dir = \"data\"", ""), "store.data_dir"),
+            (
+                MINIMAL.replace("[keys]\nprofile = \"/etc/signet/hsm.toml\"", ""),
+                "keys",
+            ),
+            (
+                MINIMAL.replace("cert = \"pki/server.pem\"\n", ""),
+                "tls.cert",
+            ),
+            (
+                MINIMAL.replace("crls = [\"pki/ca.crl\"]", "crls = [\"\"]"),
+                "tls.crls[0]",
+            ),
+        ];
+        for (text, key) in cases {
+            let got = key_of(&text);
+            assert!(
+                got.contains(key),
+                "expected key {key}, got {got} for:\n{text}"
+            );
+        }
+        // An unknown member is named by toml's message.
+        let e = parse(&MINIMAL.replace("[tls]", "[tls]\ntls13 = true")).expect_err("unknown");
+        assert!(e.reason.contains("tls13"), "{e}");
+    }
+
+    #[test]
+    fn pins_parse_as_hex_or_base64url() {
+        let hex = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+        let bytes = parse_pin(hex).expect("hex");
+        assert_eq!(bytes[1], 0x11);
+        let colons: String = hex
+            .as_bytes()
+            .chunks(2)
+            .map(|c| std::str::from_utf8(c).unwrap_or(""))
+            .collect::<Vec<_>>()
+            .join(":")
+            .to_uppercase();
+        assert_eq!(parse_pin(&colons), Some(bytes));
+        assert_eq!(parse_pin(&crate::webauthn::b64url(&bytes)), Some(bytes));
+        assert_eq!(parse_pin("abcd"), None);
+        assert_eq!(parse_pin(&"00".repeat(31)), None);
+    }
+
+    #[test]
+    fn actions_and_algorithms() {
+        let text = format!(
+            "{}\n[actions.payment]\nuser_verification = \"required\"\nattestation = \"direct\"\n",
+            MINIMAL.replace(
+                "origins = [",
+                "algorithms = [\"ES256\", \"RS1\", \"ES256\"]\norigins = ["
+            )
+        );
+        let c = parse(&text).expect("config");
+        assert_eq!(c.rp.algorithms, [CoseAlgorithm::Es256, CoseAlgorithm::Rs1]);
+        let pay = &c.actions["payment"];
+        assert_eq!(pay.user_verification, UserVerification::Required);
+        assert_eq!(pay.attestation, AttestationConveyance::Direct);
+        assert_eq!(pay.resident_key, ResidentKeyRequirement::Preferred);
+        assert_eq!(c.actions["default"], ActionSettings::default());
+    }
+
+    #[test]
+    fn an_oversized_file_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("big.toml");
+        std::fs::write(&path, vec![b'#'; CONFIG_MAX as usize + 1]).expect("write");
+        let e = Config::load(&path, &Overrides::default()).expect_err("too big");
+        assert_eq!(e.key, "config");
+    }
+}

@@ -44,6 +44,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub limits: Arc<ClientLimits>,
     pub body_limit: usize,
+    /// `server.request_timeout_ms`: a request not answered by then gets 503.
+    pub request_timeout: std::time::Duration,
     /// Officer-issued certificates for role keys, as (SPKI DER, PEM).
     pub key_certificates: Arc<Vec<(Vec<u8>, String)>>,
 }
@@ -61,6 +63,10 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state.clone())
         .layer(middleware::from_fn_with_state(
+            state.request_timeout,
+            deadline,
+        ))
+        .layer(middleware::from_fn_with_state(
             state.limits.clone(),
             limits::enforce,
         ))
@@ -68,6 +74,31 @@ pub fn router(state: AppState) -> Router {
             state.metrics.clone(),
             metrics::track,
         ))
+}
+
+/// Answers 503 when the handler has not finished within the timeout. A
+/// flow already running on the blocking pool still completes (it cannot be
+/// interrupted between its store writes); the client is told to retry, and
+/// a retry of a ceremony then meets "already used", never a double effect.
+async fn deadline(
+    axum::extract::State(timeout): axum::extract::State<std::time::Duration>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match tokio::time::timeout(timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            "The request was not answered in time",
+        )
+        .detail(format!(
+            "server.request_timeout_ms is {} ms",
+            timeout.as_millis()
+        ))
+        .retry_after(1)
+        .into_response(),
+    }
 }
 
 async fn no_route() -> Problem {
@@ -129,6 +160,23 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Who {
             .cloned()
             .map(Who)
             .ok_or_else(|| Problem::internal("request without a caller"))
+    }
+}
+
+/// A path parameter as text; a malformed one (not UTF-8 after
+/// percent-decoding) is a problem naming the path, like every other refusal.
+pub struct PathText(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathText {
+    type Rejection = Problem;
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<PathText, Problem> {
+        axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(p)| PathText(p))
+            .map_err(|e| Problem::invalid("path", e.body_text()))
     }
 }
 

@@ -66,6 +66,7 @@ pub fn prepare(config: &Config, profile: &Profile) -> anyhow::Result<Prepared> {
         metrics,
         limits: Arc::new(ClientLimits::new(config.limits)),
         body_limit: config.server.body_limit,
+        request_timeout: config.server.request_timeout,
         key_certificates: Arc::new(key_certificates),
     };
     Ok(Prepared { state, tls })

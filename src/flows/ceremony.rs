@@ -367,7 +367,7 @@ pub fn registration_options(
         }
     };
 
-    let challenge = new_challenge().map_err(FlowError::Ceremony)?;
+    let challenge = new_challenge().map_err(|e| FlowError::Internal(format!("challenge: {e}")))?;
     let user = UserEntity {
         id: user_id.clone(),
         name: name.clone(),
@@ -385,7 +385,7 @@ pub fn registration_options(
     if let Some(e) = extensions {
         builder = builder.extensions(e);
     }
-    let options = builder.build().map_err(FlowError::Ceremony)?;
+    let options = builder.build().map_err(FlowError::in_request)?;
 
     let id = new_ceremony_id()?;
     let payload = serde_json::to_vec(&RegistrationState {
@@ -487,12 +487,7 @@ pub fn registration_verify(
         aaguid: reg.aaguid,
         fmt: reg.fmt.clone(),
         attestation_type: reg.attestation_type.as_str().to_string(),
-        transports: reg
-            .transports
-            .iter()
-            .take(limits::TRANSPORTS_MAX)
-            .cloned()
-            .collect(),
+        transports: transport_hints(&reg.transports),
         created_ms: now_ms,
         last_used_ms: None,
         flagged: None,
@@ -582,7 +577,7 @@ pub fn authentication_options(
             (Some(user.id), allow)
         }
     };
-    let challenge = new_challenge().map_err(FlowError::Ceremony)?;
+    let challenge = new_challenge().map_err(|e| FlowError::Internal(format!("challenge: {e}")))?;
     let mut builder = RequestOptionsBuilder::new(&s.rp, &challenge)
         .timeout_ms(s.ceremony_timeout_ms)
         .allow_credentials(allow)
@@ -590,7 +585,7 @@ pub fn authentication_options(
     if let Some(e) = extensions {
         builder = builder.extensions(e);
     }
-    let options = builder.build().map_err(FlowError::Ceremony)?;
+    let options = builder.build().map_err(FlowError::in_request)?;
     let id = new_ceremony_id()?;
     let payload = serde_json::to_vec(&AuthenticationState {
         user_id: user_id.clone(),
@@ -716,6 +711,23 @@ fn check_assertion(
     Ok((cred, verified))
 }
 
+/// The transports to store: `getTransports()` values are hints that later
+/// go back into allowCredentials, so unknown names are kept (new transports
+/// appear), but what no transport name can be (empty, over 64 bytes,
+/// control characters) and repeats are dropped rather than failing a
+/// registration over a hint.
+fn transport_hints(given: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for t in given {
+        let plausible =
+            !t.is_empty() && t.len() <= limits::SHORT_TEXT_MAX && !t.chars().any(char::is_control);
+        if plausible && !out.contains(t) && out.len() < limits::TRANSPORTS_MAX {
+            out.push(t.clone());
+        }
+    }
+    out
+}
+
 /// Audits a refused ceremony: failures are what a security team looks for.
 fn refused(
     s: &Services,
@@ -731,4 +743,37 @@ fn refused(
             "reason": truncate(&error.to_string(), 512),
         })),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transport_hints_keep_unknown_names_and_drop_impossible_ones() {
+        let given: Vec<String> = [
+            "usb",
+            "",
+            "usb",
+            "future-radio",
+            &"x".repeat(65),
+            "nfc\n",
+            "hybrid",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(transport_hints(&given), ["usb", "future-radio", "hybrid"]);
+        let many: Vec<String> = (0..40).map(|i| format!("t{i}")).collect();
+        assert_eq!(transport_hints(&many).len(), limits::TRANSPORTS_MAX);
+    }
+
+    #[test]
+    fn a_request_may_raise_user_verification_never_lower_it() {
+        use UserVerification::*;
+        assert_eq!(stricter(Required, Discouraged), Required);
+        assert_eq!(stricter(Discouraged, Required), Required);
+        assert_eq!(stricter(Preferred, Discouraged), Preferred);
+        assert_eq!(stricter(Discouraged, Preferred), Preferred);
+    }
 }

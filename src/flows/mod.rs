@@ -156,6 +156,19 @@ impl FlowError {
         }
     }
 
+    /// An engine error about a request member that is not part of the
+    /// WebAuthn response (a ceremony id, a user id, options extensions):
+    /// invalid-request naming that member.
+    pub fn in_request(e: webauthn::Error) -> FlowError {
+        let field = e.field().to_string();
+        let text = e.to_string();
+        let reason = text
+            .strip_prefix(&format!("{field}: "))
+            .unwrap_or(&text)
+            .to_string();
+        FlowError::Invalid { field, reason }
+    }
+
     /// An engine error about the `credential` member of the request body.
     pub fn in_credential(mut e: webauthn::Error) -> FlowError {
         if let webauthn::Error::CounterNotIncreased { stored, received } = e {
@@ -245,12 +258,7 @@ pub fn uuid_text(b: &[u8; 16]) -> String {
 
 /// A base64url request member of bounded size.
 pub fn b64_field(value: &str, field: &str, min: usize, max: usize) -> Result<Vec<u8>, FlowError> {
-    // A request member, not part of the WebAuthn response: invalid-request.
-    let bytes = webauthn::b64url_decode(field, value, max).map_err(|e| {
-        let text = e.to_string();
-        let reason = text.strip_prefix(&format!("{field}: ")).unwrap_or(&text);
-        FlowError::invalid(field, reason)
-    })?;
+    let bytes = webauthn::b64url_decode(field, value, max).map_err(FlowError::in_request)?;
     if bytes.len() < min {
         return Err(FlowError::invalid(
             field,

@@ -205,7 +205,11 @@ impl SignetServer {
 impl Drop for SignetServer {
     fn drop(&mut self) {
         if self.child.is_some() {
-            let _ = self.stop();
+            let (_, log) = self.stop();
+            // A failing test shows what the server said.
+            if std::thread::panicking() {
+                eprintln!("---- signet serve stderr ----\n{log}");
+            }
         }
     }
 }

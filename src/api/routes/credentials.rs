@@ -3,14 +3,14 @@
 use std::time::SystemTime;
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 
 use crate::api::problem::Problem;
-use crate::api::{AppState, Who, allow, blocking, ok};
+use crate::api::{AppState, PathText, Who, allow, blocking, ok};
 use crate::flows::credentials;
 use crate::identity::ApiRole;
 
@@ -23,7 +23,7 @@ pub fn router() -> Router<AppState> {
 
 async fn list(
     State(state): State<AppState>,
-    Path(user_id): Path<String>,
+    PathText(user_id): PathText,
 ) -> Result<Response, Problem> {
     let s = state.services.clone();
     blocking(move || credentials::list(&s, &user_id))
@@ -34,7 +34,7 @@ async fn list(
 async fn remove(
     State(state): State<AppState>,
     Who(caller): Who,
-    Path(id): Path<String>,
+    PathText(id): PathText,
 ) -> Result<Response, Problem> {
     let s = state.services.clone();
     blocking(move || credentials::delete(&s, &id, &caller.actor(), SystemTime::now())).await?;

@@ -1,0 +1,679 @@
+//! The documentation is checked against the code it describes:
+//! `signet.example.toml` parses and sets exactly the keys `docs/config.md`
+//! documents, with the documented defaults; `docs/openapi.json` is
+//! self-consistent, and on a real `signet serve` every operation it lists
+//! exists, answers only statuses, media types, problem types and shapes the
+//! document lists for it, and refuses every role it does not list.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use signet::config::{Config, Overrides};
+
+use common::server::SignetServer;
+
+/// The roles of the API, and a certificate of the test CA that maps to none.
+const ROLES: [&str; 4] = ["rp", "officer", "auditor", "monitor"];
+const UNMAPPED: &str = "stranger";
+const PROBLEM: &str = "urn:signet:problem:";
+
+fn repo_path(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+fn read(relative: &str) -> String {
+    std::fs::read_to_string(repo_path(relative))
+        .unwrap_or_else(|e| panic!("cannot read {relative}: {e}"))
+}
+
+fn openapi() -> Value {
+    serde_json::from_str(&read("docs/openapi.json")).expect("docs/openapi.json is JSON")
+}
+
+// ---- configuration ----
+
+/// The rows of the settings tables in docs/config.md (tables whose header
+/// starts with `| Key |`): key and the Default cell.
+fn documented_settings() -> Vec<(String, String)> {
+    let text = read("docs/config.md");
+    let mut rows = Vec::new();
+    let mut in_table = false;
+    for line in text.lines() {
+        if line.starts_with("| Key |") {
+            in_table = true;
+            continue;
+        }
+        if !line.starts_with('|') {
+            in_table = false;
+            continue;
+        }
+        if !in_table || line.starts_with("|---") {
+            continue;
+        }
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        // "| key | type | default | range | meaning |" splits into 7 cells.
+        assert!(cells.len() >= 7, "short settings row: {line}");
+        let key = cells[1].trim_matches('`').to_string();
+        assert!(
+            !key.is_empty() && !key.contains(' '),
+            "bad key cell: {line}"
+        );
+        rows.push((key, cells[3].to_string()));
+    }
+    rows
+}
+
+/// Every leaf key of the example, with `[[clients]]` elements written
+/// `clients[]` and action names `<name>`, as docs/config.md writes them.
+fn example_keys(value: &toml::Value, prefix: &str, out: &mut BTreeSet<String>) {
+    match value {
+        toml::Value::Table(t) => {
+            for (k, v) in t {
+                let name = match prefix {
+                    "" => k.clone(),
+                    "actions" => "actions.<name>".to_string(),
+                    p => format!("{p}.{k}"),
+                };
+                match v {
+                    toml::Value::Table(_) => example_keys(v, &name, out),
+                    toml::Value::Array(items) if items.iter().all(toml::Value::is_table) => {
+                        for item in items {
+                            example_keys(item, &format!("{name}[]"), out);
+                        }
+                    }
+                    _ => {
+                        out.insert(name);
+                    }
+                }
+            }
+        }
+        _ => panic!("{prefix} is not a table"),
+    }
+}
+
+/// The tables of the example that a documented key names (several for
+/// `clients[]` and `actions.<name>`).
+fn tables_for<'a>(root: &'a mut toml::Table, key: &str) -> (Vec<&'a mut toml::Table>, String) {
+    let parts: Vec<&str> = key.split('.').collect();
+    let (leaf, path) = parts.split_last().expect("non-empty key");
+    let mut tables = vec![root];
+    for part in path {
+        let mut next = Vec::new();
+        for t in tables {
+            if *part == "<name>" {
+                next.extend(t.iter_mut().filter_map(|(_, v)| v.as_table_mut()));
+            } else if let Some(array) = part.strip_suffix("[]") {
+                if let Some(toml::Value::Array(items)) = t.get_mut(array) {
+                    next.extend(items.iter_mut().filter_map(toml::Value::as_table_mut));
+                }
+            } else if let Some(toml::Value::Table(inner)) = t.get_mut(*part) {
+                next.push(inner);
+            }
+        }
+        tables = next;
+    }
+    (tables, leaf.to_string())
+}
+
+/// The Default cell as a TOML value, when it is one (`1024`, `"text"`,
+/// `["ES256"]`); `None` for "required", "none" or a reference to another key.
+fn default_literal(cell: &str) -> Option<toml::Value> {
+    let literal = cell.strip_prefix('`')?.strip_suffix('`')?;
+    let table: toml::Table = toml::from_str(&format!("v = {literal}")).ok()?;
+    table.get("v").cloned()
+}
+
+fn parse_config(text: &str) -> Config {
+    Config::parse(
+        text,
+        &repo_path("signet.example.toml"),
+        &Overrides::default(),
+    )
+    .unwrap_or_else(|e| panic!("signet.example.toml: {e}"))
+}
+
+#[test]
+fn example_config_parses_and_sets_every_documented_key() {
+    let text = read("signet.example.toml");
+    let config = parse_config(&text);
+    assert_eq!(config.clients.len(), 5);
+    assert!(config.keys.certificates_dir.is_some());
+    assert!(config.actions.contains_key("default") && config.actions.len() >= 2);
+
+    let documented = documented_settings();
+    let doc_keys: BTreeSet<String> = documented.iter().map(|(k, _)| k.clone()).collect();
+    assert_eq!(
+        doc_keys.len(),
+        documented.len(),
+        "a key is documented twice"
+    );
+    let table: toml::Value = toml::from_str(&text).expect("TOML");
+    let mut in_example = BTreeSet::new();
+    example_keys(&table, "", &mut in_example);
+    let missing: Vec<_> = doc_keys.difference(&in_example).collect();
+    assert!(
+        missing.is_empty(),
+        "documented in docs/config.md, not set in signet.example.toml: {missing:?}"
+    );
+    let undocumented: Vec<_> = in_example.difference(&doc_keys).collect();
+    assert!(
+        undocumented.is_empty(),
+        "set in signet.example.toml, not documented in docs/config.md: {undocumented:?}"
+    );
+    // Each matcher kind is shown on some rule.
+    for matcher in ["spki_sha256", "subject", "san_uri", "san_dns"] {
+        assert!(
+            in_example.contains(&format!("clients[].{matcher}")),
+            "{matcher}"
+        );
+    }
+}
+
+/// Keys the example sets to something other than their default, on purpose.
+const NOT_AT_DEFAULT: [&str; 1] = ["tls.crls"];
+
+/// The example shows each documented default (in `[actions.default]` for
+/// the action keys), and removing every key of the example that is at its
+/// documented default does not change the configuration: the documented
+/// defaults are the code's.
+#[test]
+fn documented_defaults_are_shown_and_are_the_code_defaults() {
+    let text = read("signet.example.toml");
+    let mut table: toml::Table = toml::from_str(&text).expect("TOML");
+    let mut removed = Vec::new();
+    for (key, default) in documented_settings() {
+        let Some(default) = default_literal(&default) else {
+            continue;
+        };
+        if !NOT_AT_DEFAULT.contains(&key.as_str()) {
+            let (tables, leaf) = tables_for(&mut table, &key.replace("<name>", "default"));
+            let shown = tables.first().and_then(|t| t.get(&leaf)).cloned();
+            assert_eq!(
+                shown,
+                Some(default.clone()),
+                "signet.example.toml does not show the documented default of {key}"
+            );
+        }
+        let (tables, leaf) = tables_for(&mut table, &key);
+        for t in tables {
+            if t.get(&leaf) == Some(&default) {
+                t.remove(&leaf);
+                removed.push(key.clone());
+            }
+        }
+    }
+    assert!(!removed.is_empty());
+    let stripped = toml::to_string(&table).expect("serialize");
+    let full = parse_config(&text);
+    let mut defaulted = parse_config(&stripped);
+    // An absent rp.algorithms means the engine's list, documented as the default.
+    if defaulted.rp.algorithms.is_empty() {
+        defaulted.rp.algorithms = signet::webauthn::RelyingParty::new("x", Vec::new()).algorithms;
+    }
+    assert_eq!(
+        format!("{full:?}"),
+        format!("{defaulted:?}"),
+        "keys set to their documented default changed the configuration; removed: {removed:?}"
+    );
+}
+
+// ---- OpenAPI document ----
+
+fn resolve<'a>(doc: &'a Value, value: &'a Value) -> &'a Value {
+    match value.get("$ref").and_then(Value::as_str) {
+        Some(r) => {
+            let pointer = r.strip_prefix('#').expect("local $ref");
+            let target = doc
+                .pointer(pointer)
+                .unwrap_or_else(|| panic!("unresolved $ref {r}"));
+            resolve(doc, target)
+        }
+        None => value,
+    }
+}
+
+fn all_refs(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::Object(m) => {
+            if let Some(Value::String(r)) = m.get("$ref") {
+                out.push(r.clone());
+            }
+            m.values().for_each(|v| all_refs(v, out));
+        }
+        Value::Array(items) => items.iter().for_each(|v| all_refs(v, out)),
+        _ => {}
+    }
+}
+
+/// (path, method, operation) for every operation of the document.
+fn operations(doc: &Value) -> Vec<(String, String, Value)> {
+    let mut out = Vec::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().expect("path item") {
+            out.push((path.clone(), method.clone(), op.clone()));
+        }
+    }
+    out
+}
+
+fn roles_of(op: &Value) -> Vec<String> {
+    op["x-signet-roles"]
+        .as_array()
+        .expect("x-signet-roles")
+        .iter()
+        .map(|r| r.as_str().expect("role name").to_string())
+        .collect()
+}
+
+fn strs(v: &Value) -> Vec<&str> {
+    v.as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn openapi_document_is_consistent() {
+    let doc = openapi();
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert_eq!(
+        doc["components"]["securitySchemes"]["mutualTLS"]["type"],
+        "mutualTLS"
+    );
+    assert_eq!(doc["security"][0]["mutualTLS"], serde_json::json!([]));
+    let mut refs = Vec::new();
+    all_refs(&doc, &mut refs);
+    for r in &refs {
+        resolve(&doc, &serde_json::json!({ "$ref": r }));
+    }
+    // The catalogue of problem types: slug -> status.
+    let catalogue: BTreeMap<String, u64> = doc["x-signet-problem-types"]
+        .as_array()
+        .expect("x-signet-problem-types")
+        .iter()
+        .map(|p| {
+            (
+                p["type"].as_str().expect("type").to_string(),
+                p["status"].as_u64().expect("status"),
+            )
+        })
+        .collect();
+    let readme = read("README.md");
+    for t in catalogue.keys() {
+        let slug = t.strip_prefix(PROBLEM).expect("urn");
+        assert!(
+            readme.contains(&format!("`{slug}`")),
+            "README lacks problem type {slug}"
+        );
+    }
+    let ops = operations(&doc);
+    assert_eq!(ops.len(), 11);
+    for (path, method, op) in &ops {
+        let what = format!("{method} {path}");
+        let roles = roles_of(op);
+        assert!(!roles.is_empty(), "{what}");
+        let description = op["description"].as_str().unwrap_or("");
+        for role in &roles {
+            assert!(ROLES.contains(&role.as_str()), "{what}: role {role}");
+            assert!(
+                description.contains(&format!("`{role}`")),
+                "{what}: description does not name role {role}"
+            );
+        }
+        for (status, response) in op["responses"].as_object().expect("responses") {
+            let response = resolve(&doc, response);
+            let code: u64 = status.parse().expect("numeric status");
+            let types = strs(&response["x-signet-problem-types"]);
+            if code >= 400 && !types.is_empty() {
+                let content = &response["content"]["application/problem+json"]["schema"];
+                assert_eq!(
+                    content["$ref"], "#/components/schemas/Problem",
+                    "{what} {status}"
+                );
+                for t in types {
+                    assert_eq!(catalogue.get(t), Some(&code), "{what} {status}: {t}");
+                }
+            }
+        }
+        let forbidden = strs(&op["responses"]["403"]["x-signet-problem-types"]);
+        assert!(
+            forbidden.contains(&"urn:signet:problem:forbidden"),
+            "{what}: 403 forbidden not listed"
+        );
+    }
+}
+
+/// A small JSON Schema check, enough for the shapes the document uses:
+/// `$ref`, `type`, `const`, `enum`, `required`, `properties`,
+/// `additionalProperties: false`, `items`, `oneOf`, `minimum`, `maximum`,
+/// `minLength`, `maxLength`.
+fn check_schema(doc: &Value, schema: &Value, value: &Value, at: &str) -> Result<(), String> {
+    let schema = resolve(doc, schema);
+    if let Some(branches) = schema["oneOf"].as_array() {
+        let ok = branches
+            .iter()
+            .filter(|b| check_schema(doc, b, value, at).is_ok())
+            .count();
+        return if ok == 1 {
+            Ok(())
+        } else {
+            Err(format!("{at}: matches {ok} oneOf branches"))
+        };
+    }
+    let fits = |t: &str| match t {
+        "object" => value.is_object(),
+        "array" => value.is_array(),
+        "string" => value.is_string(),
+        "integer" => value.is_i64() || value.is_u64(),
+        "number" => value.is_number(),
+        "boolean" => value.is_boolean(),
+        "null" => value.is_null(),
+        other => panic!("schema type {other}"),
+    };
+    match &schema["type"] {
+        Value::String(t) if !fits(t) => return Err(format!("{at}: {value} is not {t}")),
+        Value::Array(ts) if !ts.iter().filter_map(Value::as_str).any(fits) => {
+            return Err(format!("{at}: {value} is none of {ts:?}"));
+        }
+        _ => {}
+    }
+    if let Some(c) = schema.get("const")
+        && c != value
+    {
+        return Err(format!("{at}: {value} is not {c}"));
+    }
+    if let Some(e) = schema["enum"].as_array()
+        && !e.contains(value)
+    {
+        return Err(format!("{at}: {value} is not one of {e:?}"));
+    }
+    if let Some(n) = value.as_f64() {
+        if schema["minimum"].as_f64().is_some_and(|m| n < m) {
+            return Err(format!("{at}: {n} below minimum"));
+        }
+        if schema["maximum"].as_f64().is_some_and(|m| n > m) {
+            return Err(format!("{at}: {n} above maximum"));
+        }
+    }
+    if let Some(s) = value.as_str() {
+        let len = s.chars().count() as u64;
+        if schema["minLength"].as_u64().is_some_and(|m| len < m)
+            || schema["maxLength"].as_u64().is_some_and(|m| len > m)
+        {
+            return Err(format!("{at}: length {len} out of bounds"));
+        }
+    }
+    if let Some(obj) = value.as_object() {
+        for r in strs(&schema["required"]) {
+            if !obj.contains_key(r) {
+                return Err(format!("{at}: missing {r}"));
+            }
+        }
+        let props = schema["properties"].as_object();
+        for (k, v) in obj {
+            match props.and_then(|p| p.get(k)) {
+                Some(s) => check_schema(doc, s, v, &format!("{at}.{k}"))?,
+                None if schema["additionalProperties"] == Value::Bool(false) => {
+                    return Err(format!("{at}: undocumented member {k}"));
+                }
+                None => {}
+            }
+        }
+    }
+    if let (Some(items), Some(s)) = (value.as_array(), schema.get("items")) {
+        for (i, v) in items.iter().enumerate() {
+            check_schema(doc, s, v, &format!("{at}[{i}]"))?;
+        }
+    }
+    Ok(())
+}
+
+struct Answer {
+    status: u16,
+    media_type: String,
+    text: String,
+}
+
+/// Sends `method path`; a POST carries `body` (default `{}`) as
+/// application/json.
+fn send(
+    client: &reqwest::blocking::Client,
+    server: &SignetServer,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Answer {
+    let method =
+        reqwest::Method::from_bytes(method.to_ascii_uppercase().as_bytes()).expect("HTTP method");
+    let mut request = client.request(method.clone(), server.url(path));
+    if method == reqwest::Method::POST {
+        let body = body.map_or_else(|| "{}".to_string(), Value::to_string);
+        request = request
+            .header("content-type", "application/json")
+            .body(body);
+    }
+    let response = request.send().expect("send");
+    let status = response.status().as_u16();
+    let media_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let text = response.text().unwrap_or_default();
+    Answer {
+        status,
+        media_type,
+        text,
+    }
+}
+
+/// Asserts that `answer` is one the document lists for `op`: its status,
+/// its media type, a body of the documented schema, and for a problem a
+/// documented problem type. Returns the body (JSON, or Null).
+fn assert_documented(doc: &Value, op: &Value, answer: &Answer, what: &str) -> Value {
+    let body: Value = serde_json::from_str(&answer.text).unwrap_or(Value::Null);
+    let status = answer.status.to_string();
+    let documented = op["responses"]
+        .get(&status)
+        .unwrap_or_else(|| panic!("{what}: status {status} is not documented: {}", answer.text));
+    let documented = resolve(doc, documented);
+    match documented["content"].as_object() {
+        None => assert!(answer.text.is_empty(), "{what}: undocumented body"),
+        Some(content) => {
+            let media = content.get(&answer.media_type).unwrap_or_else(|| {
+                panic!(
+                    "{what}: media type {} is not documented for {status}",
+                    answer.media_type
+                )
+            });
+            if answer.media_type.ends_with("json") {
+                assert!(!body.is_null(), "{what}: not JSON: {}", answer.text);
+                if let Err(e) = check_schema(doc, &media["schema"], &body, "body") {
+                    panic!("{what}: {e}: {body}");
+                }
+            }
+        }
+    }
+    if answer.media_type == "application/problem+json" {
+        let problem_type = body["type"].as_str().unwrap_or("");
+        let listed = strs(&documented["x-signet-problem-types"]);
+        assert!(
+            listed.contains(&problem_type),
+            "{what}: {problem_type} is not documented for {status}"
+        );
+        assert_eq!(body["status"], answer.status, "{what}");
+    }
+    body
+}
+
+#[cfg(feature = "testkit")]
+fn operation<'a>(doc: &'a Value, method: &str, path: &str) -> &'a Value {
+    doc["paths"][path]
+        .get(method)
+        .unwrap_or_else(|| panic!("{method} {path} is not documented"))
+}
+
+#[test]
+fn every_documented_operation_exists_and_answers_as_documented() {
+    let doc = openapi();
+    let server = SignetServer::start();
+    let clients: BTreeMap<&str, reqwest::blocking::Client> = ROLES
+        .iter()
+        .chain([&UNMAPPED])
+        .map(|r| (*r, server.client(r)))
+        .collect();
+    let mut allowed_calls = 0;
+    for (path, method, op) in operations(&doc) {
+        let url_path: String = path
+            .split('/')
+            .map(|seg| {
+                if seg.starts_with('{') && seg.ends_with('}') {
+                    "AAAA"
+                } else {
+                    seg
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("/");
+        let roles = roles_of(&op);
+        for (name, client) in &clients {
+            let what = format!("{method} {url_path} as {name}");
+            let answer = send(client, &server, &method, &url_path, None);
+            let body: Value = serde_json::from_str(&answer.text).unwrap_or(Value::Null);
+            let problem_type = body["type"].as_str().unwrap_or("");
+            assert!(
+                !(answer.status == 404 && problem_type == "urn:signet:problem:no-such-route"),
+                "{what}: the router has no such route"
+            );
+            assert_ne!(answer.status, 405, "{what}: {}", answer.text);
+            if roles.iter().any(|r| r == name) {
+                allowed_calls += 1;
+                assert_documented(&doc, &op, &answer, &what);
+            } else {
+                assert_eq!(answer.status, 403, "{what}: {}", answer.text);
+                assert_eq!(problem_type, "urn:signet:problem:forbidden", "{what}");
+                assert_eq!(answer.media_type, "application/problem+json", "{what}");
+            }
+        }
+    }
+    // Each operation was called at least once by a role it allows.
+    assert!(allowed_calls >= 11, "{allowed_calls}");
+}
+
+/// The success answers of a whole registration, authentication, listing,
+/// audit page and deletion, and the refusals on the way, have the
+/// documented shapes.
+#[cfg(feature = "testkit")]
+#[test]
+fn a_real_ceremony_answers_as_documented() {
+    use serde_json::json;
+    use signet::testkit::{Attestation, Ceremony, SoftAuthenticator};
+    use signet::webauthn::{CoseAlgorithm, b64url_decode};
+
+    use common::server::{ORIGIN, RP_ID};
+
+    let doc = openapi();
+    let server = SignetServer::start();
+    let rp = server.client("rp");
+    let call = |role_client: &reqwest::blocking::Client,
+                method: &str,
+                template: &str,
+                path: &str,
+                body: Option<&Value>| {
+        let answer = send(role_client, &server, method, path, body);
+        let what = format!("{method} {path}");
+        let value = assert_documented(&doc, operation(&doc, method, template), &answer, &what);
+        (answer.status, value)
+    };
+    let challenge = |options: &Value| {
+        let text = options["publicKey"]["challenge"]
+            .as_str()
+            .expect("challenge");
+        b64url_decode("challenge", text, 64).expect("challenge")
+    };
+
+    let register = "/v1/registrations/options";
+    let request = json!({
+        "user": {"name": "alice@example.com", "displayName": "Alice"},
+        "action": "default",
+        "authenticatorSelection": {"residentKey": "required", "userVerification": "required"},
+        "attestation": "none",
+    });
+    let (status, options) = call(&rp, "post", register, register, Some(&request));
+    assert_eq!(status, 200, "{options}");
+    let mut authenticator = SoftAuthenticator::new(CoseAlgorithm::Es256);
+    let user_id = options["publicKey"]["user"]["id"]
+        .as_str()
+        .expect("user id");
+    authenticator.user_handle = b64url_decode("user.id", user_id, 64).expect("user id");
+    let parts = authenticator.register(
+        &Ceremony::new(RP_ID, ORIGIN, &challenge(&options)),
+        &Attestation::None,
+    );
+    let verify = json!({"ceremonyId": options["ceremonyId"], "credential": parts.to_json()});
+    let path = "/v1/registrations/verify";
+    let (status, registered) = call(&rp, "post", path, path, Some(&verify));
+    assert_eq!(status, 200, "{registered}");
+    let (status, _) = call(&rp, "post", path, path, Some(&verify));
+    assert_eq!(
+        status, 409,
+        "the first well-formed verify spends the ceremony"
+    );
+
+    // The same name with another user handle conflicts.
+    let other = json!({"user": {"name": "alice@example.com", "id": "AAAA"}});
+    let (status, body) = call(&rp, "post", register, register, Some(&other));
+    assert_eq!((status, body["field"].as_str()), (409, Some("user.id")));
+
+    let path = "/v1/authentications/options";
+    let request = json!({"user": {"name": "alice@example.com"}, "userVerification": "required"});
+    let (status, options) = call(&rp, "post", path, path, Some(&request));
+    assert_eq!(status, 200, "{options}");
+    let parts = authenticator.assert(&Ceremony::new(RP_ID, ORIGIN, &challenge(&options)));
+    let verify = json!({"ceremonyId": options["ceremonyId"], "credential": parts.to_json()});
+    let path = "/v1/authentications/verify";
+    let (status, authenticated) = call(&rp, "post", path, path, Some(&verify));
+    assert_eq!(status, 200, "{authenticated}");
+    assert_eq!(authenticated["userId"], registered["userId"]);
+    let (status, _) = call(&rp, "post", path, path, Some(&verify));
+    assert_eq!(status, 409);
+
+    let user_id = registered["userId"].as_str().expect("userId");
+    let (status, listing) = call(
+        &rp,
+        "get",
+        "/v1/users/{userId}/credentials",
+        &format!("/v1/users/{user_id}/credentials"),
+        None,
+    );
+    assert_eq!(status, 200, "{listing}");
+    assert!(
+        listing["credentials"][0]["lastUsedAt"].is_string(),
+        "{listing}"
+    );
+
+    let (status, page) = call(
+        &server.client("auditor"),
+        "get",
+        "/v1/audit",
+        "/v1/audit?from=1&limit=2",
+        None,
+    );
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["next"], 3, "{page}");
+
+    let credential_id = registered["credentialId"].as_str().expect("credentialId");
+    let template = "/v1/credentials/{credentialId}";
+    let path = format!("/v1/credentials/{credential_id}");
+    let (status, _) = call(&rp, "delete", template, &path, None);
+    assert_eq!(status, 204);
+    let (status, _) = call(&rp, "delete", template, &path, None);
+    assert_eq!(status, 404);
+}

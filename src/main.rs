@@ -523,8 +523,11 @@ fn init_logging(filter: &str, json: bool) {
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(filter))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"))
         .add_directive("tss_esapi=off".parse().expect("static directive"));
+    // Colour only for a person at a terminal: escape codes in a log file
+    // break grep and log shippers.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();

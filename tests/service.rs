@@ -217,6 +217,23 @@ fn credentials_and_counters_survive_a_restart() {
     // Graceful stop, then the audit chain verifies offline.
     let (status, log) = server.stop();
     assert!(status.success(), "{log}");
+    // One access-log line per request, naming route, status and client.
+    let access = log
+        .lines()
+        .find(|l| {
+            l.contains("signet::access")
+                && l.contains("/v1/authentications/verify")
+                && l.contains("status=409")
+        })
+        .unwrap_or_else(|| panic!("no access line for the replay in:\n{log}"));
+    assert!(access.contains("client:test-rp"), "{access}");
+    // Request bodies are never logged.
+    for member in ["signature", "clientDataJSON", "authenticatorData"] {
+        let value = pending["credential"]["response"][member]
+            .as_str()
+            .expect("member");
+        assert!(!log.contains(value), "{member} appears in the log");
+    }
     let out = Command::new(signet_bin())
         .args(["audit", "verify", "--json", "--data-dir"])
         .arg(server.data_dir())

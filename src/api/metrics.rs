@@ -104,7 +104,9 @@ impl Metrics {
     }
 }
 
-/// Middleware: counts and times every request.
+/// Middleware: counts and times every request, and writes one access-log
+/// line per request (target `signet::access`: route template, method,
+/// status, milliseconds, and the client's rule name; never bodies).
 pub async fn track(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
     let route = request
         .extensions()
@@ -112,8 +114,21 @@ pub async fn track(State(metrics): State<Arc<Metrics>>, request: Request, next: 
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
     let method = request.method().as_str().to_string();
+    let client = request
+        .extensions()
+        .get::<Arc<crate::identity::Caller>>()
+        .map(|c| c.actor())
+        .unwrap_or_default();
     let start = Instant::now();
     let response = next.run(request).await;
+    tracing::info!(
+        target: "signet::access",
+        route = %route,
+        method = %method,
+        status = response.status().as_u16(),
+        ms = start.elapsed().as_secs_f64() * 1e3,
+        client = %client,
+    );
     metrics
         .latency
         .with_label_values(&[&route])

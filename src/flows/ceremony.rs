@@ -167,6 +167,33 @@ fn credential_member(obj: &Map<String, Value>) -> Result<&Value, FlowError> {
     }
 }
 
+/// Stores a new ceremony for options just built, expiring with the options'
+/// timeout, and returns the options answer.
+#[allow(clippy::too_many_arguments)]
+fn open_ceremony<S: Serialize, O: Serialize>(
+    s: &Services,
+    kind: &'static str,
+    challenge: &[u8],
+    user_id: Option<Vec<u8>>,
+    state: &S,
+    timeout_ms: u32,
+    options: &O,
+    now: SystemTime,
+) -> Result<Value, FlowError> {
+    let id = new_ceremony_id()?;
+    let payload = serde_json::to_vec(state)
+        .map_err(|e| FlowError::Internal(format!("ceremony state: {e}")))?;
+    s.store.put_ceremony(&CeremonyRecord {
+        id,
+        kind: kind.into(),
+        challenge: challenge.to_vec(),
+        user_id,
+        expires_ms: unix_ms(now).saturating_add(u64::from(timeout_ms)),
+        payload,
+    })?;
+    Ok(json!({ "ceremonyId": b64url(&id), "publicKey": options }))
+}
+
 fn new_ceremony_id() -> Result<CeremonyId, FlowError> {
     let mut id = [0u8; 16];
     aws_lc_rs::rand::fill(&mut id)
@@ -387,26 +414,24 @@ pub fn registration_options(
     }
     let options = builder.build().map_err(FlowError::in_request)?;
 
-    let id = new_ceremony_id()?;
-    let payload = serde_json::to_vec(&RegistrationState {
+    let state = RegistrationState {
         user_id: user_id.clone(),
         user_name: name,
         display_name,
         new_user,
         action,
         user_verification: uv,
-    })
-    .map_err(|e| FlowError::Internal(format!("ceremony state: {e}")))?;
-    let now_ms = unix_ms(now);
-    s.store.put_ceremony(&CeremonyRecord {
-        id,
-        kind: REGISTRATION.into(),
-        challenge: challenge.to_vec(),
-        user_id: Some(user_id),
-        expires_ms: now_ms.saturating_add(u64::from(options.timeout)),
-        payload,
-    })?;
-    Ok(json!({ "ceremonyId": b64url(&id), "publicKey": options }))
+    };
+    open_ceremony(
+        s,
+        REGISTRATION,
+        &challenge,
+        Some(user_id),
+        &state,
+        options.timeout,
+        &options,
+        now,
+    )
 }
 
 /// `POST /v1/registrations/verify`.
@@ -586,23 +611,21 @@ pub fn authentication_options(
         builder = builder.extensions(e);
     }
     let options = builder.build().map_err(FlowError::in_request)?;
-    let id = new_ceremony_id()?;
-    let payload = serde_json::to_vec(&AuthenticationState {
+    let state = AuthenticationState {
         user_id: user_id.clone(),
         action,
         user_verification: uv,
-    })
-    .map_err(|e| FlowError::Internal(format!("ceremony state: {e}")))?;
-    let now_ms = unix_ms(now);
-    s.store.put_ceremony(&CeremonyRecord {
-        id,
-        kind: AUTHENTICATION.into(),
-        challenge: challenge.to_vec(),
+    };
+    open_ceremony(
+        s,
+        AUTHENTICATION,
+        &challenge,
         user_id,
-        expires_ms: now_ms.saturating_add(u64::from(options.timeout)),
-        payload,
-    })?;
-    Ok(json!({ "ceremonyId": b64url(&id), "publicKey": options }))
+        &state,
+        options.timeout,
+        &options,
+        now,
+    )
 }
 
 /// `POST /v1/authentications/verify`.

@@ -3,8 +3,9 @@
 use serde_json::{Value, json};
 use std::time::SystemTime;
 
-use super::{FlowError, Services, b64_field, rfc3339_ms, unix_ms, uuid_text};
+use super::{FlowError, Services, b64_field, unix_ms, uuid_text};
 use crate::audit::AuditEvent;
+use crate::rfc3339::format_ms;
 use crate::store::{CredentialRecord, limits};
 use crate::webauthn::b64url;
 
@@ -21,8 +22,8 @@ pub fn credential_json(c: &CredentialRecord) -> Value {
         "backupEligible": c.backup_eligible,
         "backupState": c.backup_state,
         "transports": c.transports,
-        "createdAt": rfc3339_ms(c.created_ms),
-        "lastUsedAt": c.last_used_ms.map(rfc3339_ms),
+        "createdAt": format_ms(c.created_ms),
+        "lastUsedAt": c.last_used_ms.map(format_ms),
         "flagged": c.flagged,
     })
 }

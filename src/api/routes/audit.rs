@@ -79,7 +79,7 @@ async fn page(
             .map(|e| {
                 let event = decode_body(&e.body).map(|ev| {
                     json!({
-                        "time": crate::flows::rfc3339_ms(ev.time_ms),
+                        "time": crate::rfc3339::format_ms(ev.time_ms),
                         "actor": ev.actor,
                         "event": ev.event,
                         "subject": ev.subject,
@@ -103,7 +103,7 @@ async fn page(
                     "hash": hex(&c.hash),
                     "kid": c.kid,
                     "signature": crate::webauthn::b64url(&c.signature),
-                    "time": crate::flows::rfc3339_ms(c.time_ms),
+                    "time": crate::rfc3339::format_ms(c.time_ms),
                 })
             })
             .collect();

@@ -17,8 +17,8 @@ pub mod suite {
 
     use aws_lc_rs::digest::{SHA256, digest};
     use signet::store::{
-        AUDIT_GENESIS_PREV_HASH, AuditEntry, CeremonyRecord, Checkpoint, CredentialRecord, OneTime,
-        Store, StoreError, User, limits,
+        AUDIT_GENESIS_PREV_HASH, AuditEntry, CatalogInfo, CeremonyRecord, Checkpoint,
+        CredentialRecord, MetadataEntry, OneTime, Store, StoreError, User, limits,
     };
 
     pub fn user(id: &[u8], name: &str) -> User {
@@ -798,6 +798,215 @@ pub mod suite {
             .unwrap();
     }
 
+    pub fn catalog(no: u64, entries: usize) -> CatalogInfo {
+        CatalogInfo {
+            no,
+            next_update_ms: 1_800_000_000_000,
+            entries: entries as u64,
+            installed_ms: 1_700_000_000_000 + no,
+            source: format!("blob-{no}.jwt"),
+            blob_sha256: [no as u8; 32],
+        }
+    }
+
+    pub fn md_entry(aaguid: Option<u8>, key_ids: &[&str], body: &str) -> MetadataEntry {
+        MetadataEntry {
+            aaguid: aaguid.map(|a| vec![a; 16]),
+            aaid: None,
+            key_ids: key_ids.iter().map(|k| k.to_string()).collect(),
+            entry: body.as_bytes().to_vec(),
+        }
+    }
+
+    fn body_of(e: Option<MetadataEntry>) -> Option<String> {
+        e.map(|e| String::from_utf8(e.entry).unwrap())
+    }
+
+    pub fn metadata(store: &dyn Store) {
+        // Nothing installed.
+        let status = store.metadata_status().unwrap();
+        assert_eq!(status.catalog, None);
+        assert_eq!(store.metadata_by_aaguid(&[1; 16]).unwrap(), None);
+
+        let first = vec![
+            md_entry(Some(1), &[], "one"),
+            md_entry(None, &["0a0b0c", "ff00"], "keys"),
+            MetadataEntry {
+                aaguid: None,
+                aaid: Some("4e4e#4005".into()),
+                key_ids: vec![],
+                entry: b"uaf".to_vec(),
+            },
+        ];
+        store.replace_metadata(&catalog(5, 3), &first).unwrap();
+        assert_eq!(
+            body_of(store.metadata_by_aaguid(&[1; 16]).unwrap()).as_deref(),
+            Some("one")
+        );
+        assert_eq!(
+            body_of(store.metadata_by_key_id(&[0x0a, 0x0b, 0x0c]).unwrap()).as_deref(),
+            Some("keys")
+        );
+        assert_eq!(
+            body_of(store.metadata_by_key_id(&[0xff, 0x00]).unwrap()).as_deref(),
+            Some("keys")
+        );
+        assert_eq!(store.metadata_by_key_id(&[0xff]).unwrap(), None);
+        assert_eq!(store.metadata_by_key_id(&[]).unwrap(), None);
+        assert_eq!(store.metadata_by_key_id(&[0; 65]).unwrap(), None);
+        assert_eq!(store.metadata_by_aaguid(&[2; 16]).unwrap(), None);
+        let status = store.metadata_status().unwrap();
+        assert_eq!(status.catalog, Some(catalog(5, 3)));
+        assert_eq!(status.last_error, None);
+
+        // A failed refresh is recorded; the catalog stays.
+        store
+            .record_metadata_failure(42, "fetch: connection refused")
+            .unwrap();
+        let status = store.metadata_status().unwrap();
+        assert_eq!(status.catalog, Some(catalog(5, 3)));
+        assert_eq!(status.last_attempt_ms, Some(42));
+        assert_eq!(
+            status.last_error.as_deref(),
+            Some("fetch: connection refused")
+        );
+        store
+            .record_metadata_failure(43, &"é".repeat(4000))
+            .unwrap();
+        let long = store.metadata_status().unwrap().last_error.unwrap();
+        assert!(long.len() <= limits::METADATA_TEXT_MAX, "{}", long.len());
+        assert_eq!(
+            body_of(store.metadata_by_aaguid(&[1; 16]).unwrap()).as_deref(),
+            Some("one")
+        );
+
+        // Replays and rollbacks are refused.
+        for no in [4, 5] {
+            assert!(matches!(
+                store.replace_metadata(&catalog(no, 1), &[md_entry(Some(9), &[], "old")]),
+                Err(StoreError::Conflict { .. })
+            ));
+        }
+
+        // Bad catalogs are refused whole, and the installed one stays.
+        let bad: Vec<(CatalogInfo, Vec<MetadataEntry>)> = vec![
+            (
+                catalog(6, 2),
+                vec![md_entry(Some(3), &[], "a"), md_entry(Some(3), &[], "b")],
+            ),
+            (
+                catalog(6, 2),
+                vec![md_entry(None, &["aa"], "a"), md_entry(None, &["aa"], "b")],
+            ),
+            (catalog(6, 1), vec![md_entry(None, &["AA"], "upper")]),
+            (catalog(6, 1), vec![md_entry(None, &["abc"], "odd")]),
+            (catalog(6, 1), vec![md_entry(None, &[], "no identifier")]),
+            (catalog(6, 1), vec![md_entry(Some(3), &[], "")]),
+            (
+                catalog(6, 1),
+                vec![md_entry(
+                    Some(3),
+                    &[],
+                    &"x".repeat(limits::METADATA_ENTRY_MAX + 1),
+                )],
+            ),
+            (
+                catalog(6, 1),
+                vec![MetadataEntry {
+                    aaguid: Some(vec![1; 15]),
+                    aaid: None,
+                    key_ids: vec![],
+                    entry: b"short".to_vec(),
+                }],
+            ),
+            (
+                catalog(6, 2),
+                vec![md_entry(Some(3), &[], "count mismatch")],
+            ),
+        ];
+        for (info, entries) in bad {
+            let result = store.replace_metadata(&info, &entries);
+            assert!(
+                matches!(
+                    result,
+                    Err(StoreError::Invalid { .. } | StoreError::TooLarge { .. })
+                ),
+                "{entries:?}: {result:?}"
+            );
+            assert_eq!(
+                store.metadata_status().unwrap().catalog,
+                Some(catalog(5, 3))
+            );
+            assert_eq!(
+                body_of(store.metadata_by_aaguid(&[1; 16]).unwrap()).as_deref(),
+                Some("one")
+            );
+            assert_eq!(store.metadata_by_aaguid(&[3; 16]).unwrap(), None);
+        }
+
+        // A newer BLOB replaces everything: old identifiers are gone.
+        store
+            .replace_metadata(&catalog(6, 1), &[md_entry(Some(2), &["0a0b0c"], "two")])
+            .unwrap();
+        assert_eq!(store.metadata_by_aaguid(&[1; 16]).unwrap(), None);
+        assert_eq!(store.metadata_by_key_id(&[0xff, 0x00]).unwrap(), None);
+        assert_eq!(
+            body_of(store.metadata_by_aaguid(&[2; 16]).unwrap()).as_deref(),
+            Some("two")
+        );
+        assert_eq!(
+            body_of(store.metadata_by_key_id(&[0x0a, 0x0b, 0x0c]).unwrap()).as_deref(),
+            Some("two")
+        );
+        let status = store.metadata_status().unwrap();
+        assert_eq!(status.catalog, Some(catalog(6, 1)));
+        assert_eq!(status.last_error, None);
+        assert_eq!(status.last_attempt_ms, Some(catalog(6, 1).installed_ms));
+    }
+
+    /// Readers during replacements see one whole catalog or the other:
+    /// every AAGUID is in both, so a lookup that misses saw a mix.
+    pub fn metadata_race(store: &dyn Store) {
+        let entries = |tag: &str| -> Vec<MetadataEntry> {
+            (0..50u8).map(|a| md_entry(Some(a), &[], tag)).collect()
+        };
+        store
+            .replace_metadata(&catalog(1, 50), &entries("gen"))
+            .unwrap();
+        let done = std::sync::atomic::AtomicBool::new(false);
+        thread::scope(|scope| {
+            let readers: Vec<_> = (0..4)
+                .map(|r| {
+                    let done = &done;
+                    scope.spawn(move || {
+                        let mut seen = 0;
+                        while !done.load(Ordering::SeqCst) || seen == 0 {
+                            let a = ((seen + r) % 50) as u8;
+                            let found = store.metadata_by_aaguid(&[a; 16]).unwrap();
+                            assert!(found.is_some(), "aaguid {a} missing during a replacement");
+                            seen += 1;
+                        }
+                        seen
+                    })
+                })
+                .collect();
+            for no in 2..8 {
+                store
+                    .replace_metadata(&catalog(no, 50), &entries(&format!("gen{no}")))
+                    .unwrap();
+            }
+            done.store(true, Ordering::SeqCst);
+            for r in readers {
+                assert!(r.join().unwrap() > 0);
+            }
+        });
+        assert_eq!(store.metadata_status().unwrap().catalog.unwrap().no, 7);
+        assert_eq!(
+            body_of(store.metadata_by_aaguid(&[9; 16]).unwrap()).as_deref(),
+            Some("gen7")
+        );
+    }
+
     pub fn reopened(store: &dyn Store) {
         assert_eq!(
             store.user_by_name("durable").unwrap().unwrap().id,
@@ -863,6 +1072,8 @@ backend_tests!(
         sweep,
         audit,
         audit_race,
+        metadata,
+        metadata_race,
     ]
 );
 
@@ -871,6 +1082,50 @@ fn sled_durability_across_reopen() {
     let dir = tempfile::tempdir().unwrap();
     suite::before_reopen(&open_sled(dir.path()));
     suite::reopened(&open_sled(dir.path()));
+}
+
+#[test]
+fn sled_metadata_catalog_survives_reopen_and_leftovers_are_cleared() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open_sled(dir.path());
+        store
+            .replace_metadata(
+                &suite::catalog(3, 1),
+                &[suite::md_entry(Some(4), &["beef"], "kept")],
+            )
+            .unwrap();
+    }
+    // A crashed replacement left keys of a generation nobody names.
+    let mut key = vec![b'a'];
+    key.extend_from_slice(&99u64.to_be_bytes());
+    key.extend_from_slice(&[5; 16]);
+    write_raw(
+        &dir.path().join("store"),
+        trees::MDS,
+        &key,
+        &0u32.to_be_bytes(),
+    );
+    let store = open_sled(dir.path());
+    assert_eq!(store.metadata_status().unwrap().catalog.unwrap().no, 3);
+    assert!(store.metadata_by_aaguid(&[4; 16]).unwrap().is_some());
+    assert!(store.metadata_by_key_id(&[0xbe, 0xef]).unwrap().is_some());
+    assert_eq!(store.metadata_by_aaguid(&[5; 16]).unwrap(), None);
+    store
+        .replace_metadata(
+            &suite::catalog(4, 1),
+            &[suite::md_entry(Some(6), &[], "next")],
+        )
+        .unwrap();
+    drop(store);
+    let db = sled::Config::new()
+        .path(dir.path().join("store"))
+        .segment_size(SEGMENT_SIZE)
+        .open()
+        .unwrap();
+    let mds = db.open_tree(trees::MDS).unwrap();
+    // Only the installed generation's keys remain: one entry, one index.
+    assert_eq!(mds.len(), 2, "{:?}", mds.iter().keys().collect::<Vec<_>>());
 }
 
 /// Writes raw bytes under `key` in `tree`, with the store closed.

@@ -117,6 +117,18 @@ pub mod limits {
     pub const CEREMONY_PAYLOAD_MAX: usize = 64 * 1024;
     /// Body of one audit entry.
     pub const AUDIT_BODY_MAX: usize = 64 * 1024;
+    /// Entries in one metadata catalog (the 2024 production MDS BLOB has
+    /// about 300).
+    pub const METADATA_ENTRIES_MAX: usize = 100_000;
+    /// One metadata entry as stored (JSON; the MDS layer strips icons, which
+    /// are the only large member, before storing).
+    pub const METADATA_ENTRY_MAX: usize = 64 * 1024;
+    /// An attestation certificate key identifier (a SHA-1 is 20 bytes).
+    pub const KEY_ID_MAX: usize = 64;
+    /// Key identifiers of one entry.
+    pub const KEY_IDS_MAX: usize = 1024;
+    /// UAF AAID (`vvvv#mmmm`), BLOB source names and error texts.
+    pub const METADATA_TEXT_MAX: usize = 1024;
     /// Key id naming the checkpoint signing key.
     pub const KID_MAX: usize = 128;
     /// Checkpoint signature (room for post-quantum signatures).
@@ -260,6 +272,46 @@ pub struct Checkpoint {
     #[serde(with = "serde_bytes_compat")]
     pub signature: Vec<u8>,
     pub time_ms: u64,
+}
+
+/// One entry of the FIDO metadata catalog as stored: the identifiers it is
+/// found by and the entry itself (JSON, opaque to the store).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetadataEntry {
+    /// 16 bytes when present.
+    #[serde(with = "serde_opt_bytes")]
+    pub aaguid: Option<Vec<u8>>,
+    pub aaid: Option<String>,
+    /// Attestation certificate key identifiers, lowercase hex as MDS
+    /// writes them.
+    pub key_ids: Vec<String>,
+    #[serde(with = "serde_bytes_compat")]
+    pub entry: Vec<u8>,
+}
+
+/// The installed catalog: which BLOB it came from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogInfo {
+    /// The BLOB's serial number; a replacement must be greater.
+    pub no: u64,
+    pub next_update_ms: u64,
+    pub entries: u64,
+    pub installed_ms: u64,
+    /// Where it came from (a file name or URL), for `signet mds status`.
+    pub source: String,
+    #[serde(with = "serde_bytes_compat")]
+    pub blob_sha256: [u8; 32],
+}
+
+/// The catalog and the last refresh attempt.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetadataStatus {
+    pub catalog: Option<CatalogInfo>,
+    /// Internal: which generation of stored entries `catalog` names.
+    pub generation: u64,
+    pub last_attempt_ms: Option<u64>,
+    /// `None` when the last attempt succeeded (or there was none).
+    pub last_error: Option<String>,
 }
 
 /// Namespaces of one-time objects. The tag is part of the on-disk key: never
@@ -426,6 +478,28 @@ pub trait Store: Send + Sync {
     fn checkpoints(&self, from_seq: u64, limit: usize) -> Result<Vec<Checkpoint>, StoreError>;
     fn last_checkpoint(&self) -> Result<Option<Checkpoint>, StoreError>;
 
+    // ---- FIDO metadata catalog ----
+
+    /// Replaces the whole catalog with `entries` from the BLOB `catalog`
+    /// describes, atomically for every reader: a lookup sees the old catalog
+    /// or the new one, never a mix. `Conflict` unless `catalog.no` is greater
+    /// than the installed BLOB's: an attacker who can replay an old, validly
+    /// signed BLOB must not roll the statuses back. Records the attempt as
+    /// successful.
+    fn replace_metadata(
+        &self,
+        catalog: &CatalogInfo,
+        entries: &[MetadataEntry],
+    ) -> Result<(), StoreError>;
+    /// The installed catalog and the last refresh attempt (default when
+    /// nothing was ever installed).
+    fn metadata_status(&self) -> Result<MetadataStatus, StoreError>;
+    /// Records a refresh attempt that failed; the installed catalog stays.
+    fn record_metadata_failure(&self, when_ms: u64, error: &str) -> Result<(), StoreError>;
+    fn metadata_by_aaguid(&self, aaguid: &[u8; 16]) -> Result<Option<MetadataEntry>, StoreError>;
+    /// By attestation certificate key identifier (hex-decoded).
+    fn metadata_by_key_id(&self, key_id: &[u8]) -> Result<Option<MetadataEntry>, StoreError>;
+
     // ---- durability ----
 
     /// Makes every write acknowledged so far durable. Writers need not call
@@ -464,6 +538,99 @@ pub(crate) fn check_flag_reason(reason: Option<&str>) -> Result<(), StoreError> 
 pub(crate) fn check_one_time(id: &[u8], body: &[u8]) -> Result<(), StoreError> {
     check_len("one-time id", id.len(), 1, limits::ONE_TIME_ID_MAX)?;
     check_len("one-time body", body.len(), 0, limits::ONE_TIME_BODY_MAX)
+}
+
+impl MetadataEntry {
+    pub fn validate(&self) -> Result<(), StoreError> {
+        if let Some(a) = &self.aaguid
+            && a.len() != 16
+        {
+            return Err(StoreError::Invalid {
+                field: "metadata aaguid",
+                detail: format!("{} bytes, not 16", a.len()),
+            });
+        }
+        if self.aaguid.is_none() && self.aaid.is_none() && self.key_ids.is_empty() {
+            return Err(StoreError::Invalid {
+                field: "metadata entry",
+                detail: "has no aaguid, aaid or key identifier".into(),
+            });
+        }
+        if let Some(aaid) = &self.aaid {
+            check_len("metadata aaid", aaid.len(), 1, limits::METADATA_TEXT_MAX)?;
+        }
+        if self.key_ids.len() > limits::KEY_IDS_MAX {
+            return Err(StoreError::TooLarge {
+                field: "metadata key ids",
+                limit: limits::KEY_IDS_MAX,
+            });
+        }
+        for k in &self.key_ids {
+            check_len("metadata key id", k.len(), 2, 2 * limits::KEY_ID_MAX)?;
+            if !k
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+                || k.len() % 2 != 0
+            {
+                return Err(StoreError::Invalid {
+                    field: "metadata key id",
+                    detail: "must be lowercase hex".into(),
+                });
+            }
+        }
+        check_len(
+            "metadata entry",
+            self.entry.len(),
+            1,
+            limits::METADATA_ENTRY_MAX,
+        )
+    }
+}
+
+impl CatalogInfo {
+    pub fn validate(&self) -> Result<(), StoreError> {
+        check_len(
+            "metadata source",
+            self.source.len(),
+            0,
+            limits::METADATA_TEXT_MAX,
+        )
+    }
+}
+
+/// Checks a whole catalog before a backend writes any of it.
+pub(crate) fn check_catalog(
+    catalog: &CatalogInfo,
+    entries: &[MetadataEntry],
+) -> Result<(), StoreError> {
+    catalog.validate()?;
+    if entries.len() > limits::METADATA_ENTRIES_MAX {
+        return Err(StoreError::TooLarge {
+            field: "metadata entries",
+            limit: limits::METADATA_ENTRIES_MAX,
+        });
+    }
+    if catalog.entries != entries.len() as u64 {
+        return Err(StoreError::Invalid {
+            field: "metadata entries",
+            detail: format!(
+                "catalog says {} entries, {} given",
+                catalog.entries,
+                entries.len()
+            ),
+        });
+    }
+    entries.iter().try_for_each(MetadataEntry::validate)
+}
+
+/// A failure text as stored: bounded, so a hostile server's error body
+/// cannot grow the status record.
+pub(crate) fn bounded_text(text: &str) -> String {
+    let mut end = text.len().min(limits::METADATA_TEXT_MAX);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
 }
 
 impl User {

@@ -22,6 +22,15 @@
 //! | `audit` | seq (BE u64) | [`AuditEntry`] |
 //! | `checkpoints` | seq (BE u64) | [`Checkpoint`] |
 //! | `meta` | `schema` | format name and schema version |
+//! | `meta` | `mds_status` | [`MetadataStatus`] |
+//! | `mds` | `e ‖ generation (BE u64) ‖ index (BE u32)` | [`MetadataEntry`] |
+//! | `mds` | `a ‖ generation ‖ aaguid` | index |
+//! | `mds` | `k ‖ generation ‖ key id (hex)` | index |
+//!
+//! The metadata catalog is replaced whole: the new entries are written under
+//! a new generation, invisible until `mds_status` names it, and the switch
+//! is one write. Lookups read `mds_status` and the entry in one read-only
+//! transaction, so they see one generation or the other, never a mix.
 //!
 //! Durability: sled's own `flush` is not enough on Linux (see `durable` and
 //! [`SEGMENT_SIZE`]); every acknowledged write goes through [`GroupCommit`]
@@ -39,9 +48,10 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use sled::{IVec, Tree};
 
 use super::{
-    AUDIT_GENESIS_PREV_HASH, AuditBuilder, AuditEntry, Checkpoint, CredentialRecord, GroupCommit,
-    OneTime, Store, StoreError, User, check_credential_id, check_flag_reason, check_one_time,
-    decode_record, encode_record, hex,
+    AUDIT_GENESIS_PREV_HASH, AuditBuilder, AuditEntry, CatalogInfo, Checkpoint, CredentialRecord,
+    GroupCommit, MetadataEntry, MetadataStatus, OneTime, Store, StoreError, User, bounded_text,
+    check_catalog, check_credential_id, check_flag_reason, check_one_time, decode_record,
+    encode_record, hex,
 };
 
 /// Tree names, public so tests (and forensic tools) can reach the raw data.
@@ -56,8 +66,11 @@ pub mod trees {
     pub const AUDIT: &str = "audit";
     pub const CHECKPOINTS: &str = "checkpoints";
     pub const META: &str = "meta";
+    pub const MDS: &str = "mds";
     /// Key of the schema marker in [`META`].
     pub const SCHEMA_KEY: &[u8] = b"schema";
+    /// Key of the metadata status in [`META`].
+    pub const MDS_STATUS_KEY: &[u8] = b"mds_status";
 }
 
 /// Written into `meta` on first open.
@@ -109,7 +122,10 @@ pub struct SledStore {
     audit: Tree,
     checkpoints: Tree,
     meta: Tree,
+    mds: Tree,
     commit: GroupCommit,
+    /// One catalog replacement at a time (it spans many sled operations).
+    mds_replace: Mutex<()>,
     /// Serializes audit appends: read the last entry, build, insert. Plain
     /// sled reads cannot run inside a sled transaction, and `build` should
     /// not run under sled's global transaction lock either.
@@ -292,6 +308,8 @@ impl SledStore {
             audit: tree(trees::AUDIT)?,
             checkpoints: tree(trees::CHECKPOINTS)?,
             meta: tree(trees::META)?,
+            mds: tree(trees::MDS)?,
+            mds_replace: Mutex::new(()),
             db,
             log_file,
             commit: GroupCommit::new(),
@@ -378,6 +396,54 @@ impl SledStore {
             self.log_file.sync_data()?;
             Ok(())
         })
+    }
+
+    /// Removes every catalog key of a generation other than `keep`: what an
+    /// interrupted replacement left, or the catalog just replaced. Not
+    /// flushed: losing it in a crash only means doing it again.
+    fn clear_metadata_except(&self, keep: u64) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for item in self.mds.iter().keys() {
+            let key = item?;
+            let generation = key
+                .get(1..9)
+                .and_then(|g| g.try_into().ok())
+                .map(u64::from_be_bytes);
+            if generation != Some(keep) {
+                batch.remove(key);
+            }
+        }
+        self.mds.apply_batch(batch)?;
+        Ok(())
+    }
+
+    fn metadata_lookup(
+        &self,
+        index_key: &dyn Fn(u64) -> Vec<u8>,
+    ) -> Result<Option<MetadataEntry>, StoreError> {
+        (&self.meta, &self.mds)
+            .transaction(|(meta, mds)| -> TxResult<Option<MetadataEntry>> {
+                let Some(bytes) = meta.get(trees::MDS_STATUS_KEY)? else {
+                    return Ok(None);
+                };
+                let status: MetadataStatus = decode_tx(trees::META, trees::MDS_STATUS_KEY, &bytes)?;
+                if status.catalog.is_none() {
+                    return Ok(None);
+                }
+                let key = index_key(status.generation);
+                let Some(index) = mds.get(&key)? else {
+                    return Ok(None);
+                };
+                let Ok(index) = <[u8; 4]>::try_from(index.as_ref()) else {
+                    return abort(corrupt(trees::MDS, &key, "index is not 4 bytes"));
+                };
+                let entry_key = mds_key(b'e', status.generation, &index);
+                let Some(bytes) = mds.get(&entry_key)? else {
+                    return abort(corrupt(trees::MDS, &key, "index points at a missing entry"));
+                };
+                Ok(Some(decode_tx(trees::MDS, &entry_key, &bytes)?))
+            })
+            .map_err(tx_error)
     }
 
     /// Reads, changes and writes back one credential as one transaction.
@@ -983,9 +1049,144 @@ impl Store for SledStore {
             .transpose()
     }
 
+    fn replace_metadata(
+        &self,
+        catalog: &CatalogInfo,
+        entries: &[MetadataEntry],
+    ) -> Result<(), StoreError> {
+        check_catalog(catalog, entries)?;
+        let _one = self
+            .mds_replace
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let held = self.metadata_status()?;
+        if let Some(installed) = &held.catalog
+            && catalog.no <= installed.no
+        {
+            return Err(StoreError::Conflict {
+                detail: format!(
+                    "metadata BLOB no {} is not newer than the installed no {}",
+                    catalog.no, installed.no
+                ),
+            });
+        }
+        let generation = held.generation + 1;
+        self.clear_metadata_except(held.generation)?;
+
+        let mut batch = sled::Batch::default();
+        let mut aaguids = std::collections::HashSet::new();
+        let mut key_ids = std::collections::HashSet::new();
+        for (i, entry) in entries.iter().enumerate() {
+            let index = u32::try_from(i)
+                .map_err(|_| StoreError::TooLarge {
+                    field: "metadata entries",
+                    limit: super::limits::METADATA_ENTRIES_MAX,
+                })?
+                .to_be_bytes();
+            batch.insert(mds_key(b'e', generation, &index), encode_record(entry)?);
+            if let Some(aaguid) = &entry.aaguid {
+                // One AAGUID, one statement: an ambiguous catalog would let
+                // the order of entries decide which status applies.
+                if !aaguids.insert(aaguid.clone()) {
+                    return Err(StoreError::Invalid {
+                        field: "metadata aaguid",
+                        detail: format!("{} appears in more than one entry", hex(aaguid)),
+                    });
+                }
+                batch.insert(mds_key(b'a', generation, aaguid), &index);
+            }
+            for key_id in &entry.key_ids {
+                if !key_ids.insert(key_id.clone()) {
+                    return Err(StoreError::Invalid {
+                        field: "metadata key id",
+                        detail: format!("{key_id} appears in more than one entry"),
+                    });
+                }
+                batch.insert(mds_key(b'k', generation, key_id.as_bytes()), &index);
+            }
+        }
+        self.mds.apply_batch(batch)?;
+        // The entries are durable before anything points at them.
+        self.durable()?;
+
+        let status = encode_record(&MetadataStatus {
+            catalog: Some(catalog.clone()),
+            generation,
+            last_attempt_ms: Some(catalog.installed_ms),
+            last_error: None,
+        })?;
+        self.meta
+            .transaction(|meta| -> TxResult<()> {
+                let current: MetadataStatus = match meta.get(trees::MDS_STATUS_KEY)? {
+                    Some(b) => decode_tx(trees::META, trees::MDS_STATUS_KEY, &b)?,
+                    None => MetadataStatus::default(),
+                };
+                if current.generation != held.generation {
+                    return abort(StoreError::Conflict {
+                        detail: "the metadata catalog changed during the replacement".into(),
+                    });
+                }
+                meta.insert(trees::MDS_STATUS_KEY, status.as_slice())?;
+                Ok(())
+            })
+            .map_err(tx_error)?;
+        self.durable()?;
+        self.clear_metadata_except(generation)
+    }
+
+    fn metadata_status(&self) -> Result<MetadataStatus, StoreError> {
+        match self.meta.get(trees::MDS_STATUS_KEY)? {
+            Some(bytes) => decode_record(trees::META, trees::MDS_STATUS_KEY, &bytes),
+            None => Ok(MetadataStatus::default()),
+        }
+    }
+
+    fn record_metadata_failure(&self, when_ms: u64, error: &str) -> Result<(), StoreError> {
+        let error = bounded_text(error);
+        self.meta
+            .transaction(|meta| -> TxResult<()> {
+                let mut status: MetadataStatus = match meta.get(trees::MDS_STATUS_KEY)? {
+                    Some(b) => decode_tx(trees::META, trees::MDS_STATUS_KEY, &b)?,
+                    None => MetadataStatus::default(),
+                };
+                status.last_attempt_ms = Some(when_ms);
+                status.last_error = Some(error.clone());
+                let value = encode_record(&status).map_err(ConflictableTransactionError::Abort)?;
+                meta.insert(trees::MDS_STATUS_KEY, value)?;
+                Ok(())
+            })
+            .map_err(tx_error)?;
+        self.durable()
+    }
+
+    fn metadata_by_aaguid(&self, aaguid: &[u8; 16]) -> Result<Option<MetadataEntry>, StoreError> {
+        self.metadata_lookup(&|generation| mds_key(b'a', generation, aaguid))
+    }
+
+    fn metadata_by_key_id(&self, key_id: &[u8]) -> Result<Option<MetadataEntry>, StoreError> {
+        if key_id.is_empty() || key_id.len() > super::limits::KEY_ID_MAX {
+            return Ok(None);
+        }
+        let text = hex_lower(key_id);
+        self.metadata_lookup(&|generation| mds_key(b'k', generation, text.as_bytes()))
+    }
+
     fn flush(&self) -> Result<(), StoreError> {
         self.durable()
     }
+}
+
+/// `tag ‖ generation (BE) ‖ rest`: keys of one generation share a prefix.
+fn mds_key(tag: u8, generation: u64, rest: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(9 + rest.len());
+    key.push(tag);
+    key.extend_from_slice(&generation.to_be_bytes());
+    key.extend_from_slice(rest);
+    key
+}
+
+fn hex_lower(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ pub mod conformance_proxy;
 pub mod flows;
 pub mod identity;
 pub mod keys;
+pub mod mds;
 pub mod rfc3339;
 pub mod speed;
 pub mod store;

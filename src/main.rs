@@ -12,6 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand};
+
+mod mds_cmd;
 use signet::audit::{AuditEvent, AuditLog, CheckpointPolicy, checkpoint_keys};
 use signet::keys::cert::{self, ExportFormat};
 use signet::keys::{EcPublicKey, KeyInfo, KeyRing, Kid, Profile, Role};
@@ -68,6 +70,10 @@ enum Command {
     /// Check the audit log in a data directory.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// FIDO Metadata Service: install and inspect the metadata catalog in a
+    /// data directory (with the service stopped).
+    #[command(subcommand)]
+    Mds(mds_cmd::MdsCommand),
     /// Measure the engine's verification rate on this machine (one thread)
     /// against a bare P-256 signature verification.
     Speed {
@@ -436,6 +442,9 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::ConformanceProxy(args) => return signet::conformance_proxy::run(args),
         Command::Verify(verify) => return run_verify(verify),
         Command::Audit(audit) => return run_audit(audit),
+        Command::Mds(mds) => {
+            return mds_cmd::run(mds, &officer_actor(std::env::var("USER").ok().as_deref()));
+        }
         Command::Speed { seconds, json } => {
             let report = signet::speed::run(seconds)?;
             if json {
@@ -851,18 +860,6 @@ fn flags_json(f: &Flags) -> serde_json::Value {
     })
 }
 
-fn uuid_text(b: &[u8; 16]) -> String {
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..]
-    )
-}
-
 fn run_verify(command: VerifyCommand) -> anyhow::Result<()> {
     let verdict = match command {
         VerifyCommand::Registration {
@@ -900,7 +897,7 @@ fn run_verify(command: VerifyCommand) -> anyhow::Result<()> {
             serde_json::json!({
                 "fmt": r.fmt,
                 "attestationType": r.attestation_type.as_str(),
-                "aaguid": uuid_text(&r.aaguid),
+                "aaguid": webauthn::uuid_text(&r.aaguid),
                 "credentialId": b64url(&r.credential_id),
                 "credentialPublicKey": b64url(&r.public_key.cose),
                 "coseAlg": r.public_key.alg.id(),

@@ -12,6 +12,7 @@
 
 pub mod ceremony;
 pub mod credentials;
+pub mod metadata;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -21,6 +22,7 @@ use crate::config::{ActionSettings, Config};
 use crate::keys::{KeyError, KeyRing};
 use crate::store::{Store, StoreError};
 use crate::webauthn::attestation::AttestationPolicy;
+pub use crate::webauthn::uuid_text;
 use crate::webauthn::{self, RelyingParty};
 
 /// Everything the flows work on, built once at start.
@@ -215,19 +217,6 @@ pub fn unix_ms(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-/// The AAGUID as a UUID string.
-pub fn uuid_text(b: &[u8; 16]) -> String {
-    let h = crate::audit::hex(b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
-}
-
 /// A base64url request member of bounded size.
 pub fn b64_field(value: &str, field: &str, min: usize, max: usize) -> Result<Vec<u8>, FlowError> {
     let bytes = webauthn::b64url_decode(field, value, max).map_err(FlowError::in_request)?;
@@ -248,12 +237,6 @@ pub fn truncate(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn uuid_text_is_grouped() {
-        let b: [u8; 16] = core::array::from_fn(|i| i as u8);
-        assert_eq!(uuid_text(&b), "00010203-0405-0607-0809-0a0b0c0d0e0f");
-    }
 
     #[test]
     fn counter_regressions_keep_their_numbers() {

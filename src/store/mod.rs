@@ -625,7 +625,7 @@ pub(crate) fn check_catalog(
 
 /// A failure text as stored: bounded, so a hostile server's error body
 /// cannot grow the status record.
-pub(crate) fn bounded_text(text: &str) -> String {
+pub fn bounded_text(text: &str) -> String {
     let mut end = text.len().min(limits::METADATA_TEXT_MAX);
     while !text.is_char_boundary(end) {
         end -= 1;

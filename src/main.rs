@@ -748,40 +748,17 @@ fn read_public_keys(path: &Path) -> anyhow::Result<Vec<EcPublicKey>> {
 /// (`--root FILE[1]`); every block must carry `label`, and there must be at
 /// least one. The file is read with the same bound as any other input.
 fn pem_blocks(path: &Path, flag: &str, label: &str) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
-    const BEGIN: &str = "-----BEGIN ";
-    const END: &str = "-----END ";
     let name = format!("{flag} {}", path.display());
     let text = read_input(path).map_err(|e| anyhow::anyhow!("{flag} {e}"))?;
     let text =
         String::from_utf8(text).map_err(|_| anyhow::anyhow!("{name}: not a PEM text file"))?;
-    let mut blocks = Vec::new();
-    let mut rest = text.as_str();
-    while let Some(start) = rest.find(BEGIN) {
-        let block = &rest[start..];
-        // The block ends after the dashes that close its END line.
-        let end = block
-            .find(END)
-            .and_then(|e| {
-                block[e + END.len()..]
-                    .find("-----")
-                    .map(|d| e + END.len() + d + 5)
-            })
-            .ok_or_else(|| {
-                anyhow::anyhow!("{name}: PEM block {} has no END line", blocks.len() + 1)
-            })?;
-        let field = format!("{name}[{}]", blocks.len());
-        let (found, der) = der::pem::decode_vec(&block.as_bytes()[..end])
-            .map_err(|e| anyhow::anyhow!("{field}: not PEM: {e}"))?;
-        if found != label {
-            anyhow::bail!("{field}: a {found}, not a {label}");
-        }
-        blocks.push((field, der));
-        rest = &block[end..];
-    }
-    if blocks.is_empty() {
-        anyhow::bail!("{name}: no PEM {} in the file", label.to_lowercase());
-    }
-    Ok(blocks)
+    let blocks =
+        signet::mds::pem_blocks(&text, label).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+    Ok(blocks
+        .into_iter()
+        .enumerate()
+        .map(|(i, der)| (format!("{name}[{i}]"), der))
+        .collect())
 }
 
 /// Control characters escaped, so text from a certificate, a client or a
@@ -805,20 +782,29 @@ fn one_line(s: &str) -> String {
 const INPUT_LIMIT: u64 = 1024 * 1024;
 
 fn read_input(path: &Path) -> anyhow::Result<Vec<u8>> {
+    read_bounded(path, INPUT_LIMIT, None)
+}
+
+/// Reads a file (or stdin for `-`) of at most `limit` bytes; errors name
+/// the flag it came from, when there is one.
+pub(crate) fn read_bounded(path: &Path, limit: u64, flag: Option<&str>) -> anyhow::Result<Vec<u8>> {
+    let shown = match flag {
+        Some(f) => format!("{f} {}", path.display()),
+        None => path.display().to_string(),
+    };
     let (name, reader): (String, Box<dyn Read>) = if path == Path::new("-") {
         ("stdin".into(), Box::new(std::io::stdin().lock()))
     } else {
-        let file =
-            std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        (path.display().to_string(), Box::new(file))
+        let file = std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{shown}: {e}"))?;
+        (shown, Box::new(file))
     };
     let mut buf = Vec::new();
     reader
-        .take(INPUT_LIMIT + 1)
+        .take(limit + 1)
         .read_to_end(&mut buf)
         .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
-    if buf.len() as u64 > INPUT_LIMIT {
-        anyhow::bail!("{name}: larger than {INPUT_LIMIT} bytes");
+    if buf.len() as u64 > limit {
+        anyhow::bail!("{name}: larger than {limit} bytes");
     }
     Ok(buf)
 }

@@ -1,7 +1,6 @@
 //! `signet mds`: install and inspect the FIDO metadata catalog in a data
 //! directory (the service must be stopped: sled locks the directory).
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -115,25 +114,6 @@ impl StoreArgs {
     }
 }
 
-fn read_bounded(path: &Path, limit: u64, flag: &str) -> anyhow::Result<Vec<u8>> {
-    let (name, reader): (String, Box<dyn Read>) = if path == Path::new("-") {
-        ("stdin".into(), Box::new(std::io::stdin().lock()))
-    } else {
-        let file = std::fs::File::open(path)
-            .map_err(|e| anyhow::anyhow!("{flag} {}: {e}", path.display()))?;
-        (format!("{flag} {}", path.display()), Box::new(file))
-    };
-    let mut buf = Vec::new();
-    reader
-        .take(limit + 1)
-        .read_to_end(&mut buf)
-        .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
-    if buf.len() as u64 > limit {
-        anyhow::bail!("{name}: larger than {limit} bytes");
-    }
-    Ok(buf)
-}
-
 pub fn run(command: MdsCommand, actor: &str) -> anyhow::Result<()> {
     match command {
         MdsCommand::Import {
@@ -144,14 +124,17 @@ pub fn run(command: MdsCommand, actor: &str) -> anyhow::Result<()> {
             store,
             json,
         } => {
-            let jwt = read_bounded(&file, BLOB_FILE_MAX, "FILE")?;
+            let jwt = crate::read_bounded(&file, BLOB_FILE_MAX, None)?;
             let roots = match &root {
-                Some(p) => parse_roots(&read_bounded(p, PKI_FILE_MAX, "--root")?, "--root")?,
+                Some(p) => parse_roots(
+                    &crate::read_bounded(p, PKI_FILE_MAX, Some("--root"))?,
+                    "--root",
+                )?,
                 None => parse_roots(MDS_ROOT, "built-in MDS root")?,
             };
             let mut parsed = Vec::new();
             for p in &crls {
-                let crl = Crl::parse(&read_bounded(p, PKI_FILE_MAX, "--crl")?)
+                let crl = Crl::parse(&crate::read_bounded(p, PKI_FILE_MAX, Some("--crl"))?)
                     .map_err(|e| anyhow::anyhow!("--crl {}: {e}", p.display()))?;
                 parsed.push(crl);
             }
@@ -162,16 +145,14 @@ pub fn run(command: MdsCommand, actor: &str) -> anyhow::Result<()> {
             } else {
                 file.display().to_string()
             };
-            let report = metadata::install(
-                &store,
-                &dir,
-                &jwt,
-                &roots,
-                &parsed,
-                at.unwrap_or(now),
-                &source,
-                now,
-            )?;
+            let input = metadata::BlobInput {
+                jwt: &jwt,
+                roots: &roots,
+                crls: &parsed,
+                at: at.unwrap_or(now),
+                source: &source,
+            };
+            let report = metadata::install(&store, &dir, &input, now)?;
             // An officer action: audited. The checkpoint follows at the
             // service's next timer tick (its key is the service's).
             AuditLog::new(std::sync::Arc::new(store), CheckpointPolicy::default()).append(

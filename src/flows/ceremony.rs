@@ -201,6 +201,26 @@ fn new_ceremony_id() -> Result<CeremonyId, FlowError> {
     Ok(id)
 }
 
+/// The start of both verify endpoints: the request's shape, then the
+/// credential's (both refused before the ceremony is touched), then the
+/// ceremony consumed and its state read.
+fn begin_verify<R, S: for<'de> Deserialize<'de>>(
+    s: &Services,
+    body: &Value,
+    kind: &'static str,
+    actor: &str,
+    now: SystemTime,
+    parse: impl FnOnce(&Value) -> Result<R, webauthn::Error>,
+) -> Result<(CeremonyId, R, CeremonyRecord, S), FlowError> {
+    let obj = object(body, "body")?;
+    only(obj, &["ceremonyId", "credential"], "")?;
+    let id = ceremony_id(obj)?;
+    let response = parse(credential_member(obj)?).map_err(FlowError::in_credential)?;
+    let record = take_ceremony(s, &id, kind, actor, unix_ms(now))?;
+    let st: S = state(&record)?;
+    Ok((id, response, record, st))
+}
+
 /// Consumes the ceremony and checks its kind (the kind is checked after
 /// consumption, so a ceremony sent to the wrong endpoint is spent too, and
 /// that spending is audited like any other refusal).
@@ -441,14 +461,15 @@ pub fn registration_verify(
     actor: &str,
     now: SystemTime,
 ) -> Result<Value, FlowError> {
-    let obj = object(body, "body")?;
-    only(obj, &["ceremonyId", "credential"], "")?;
-    let id = ceremony_id(obj)?;
-    let response = RegistrationResponse::from_value(credential_member(obj)?)
-        .map_err(FlowError::in_credential)?;
+    let (id, response, record, st) = begin_verify::<_, RegistrationState>(
+        s,
+        body,
+        REGISTRATION,
+        actor,
+        now,
+        RegistrationResponse::from_value,
+    )?;
     let now_ms = unix_ms(now);
-    let record = take_ceremony(s, &id, REGISTRATION, actor, now_ms)?;
-    let st: RegistrationState = state(&record)?;
 
     let verified = registration::verify(
         &response,
@@ -635,14 +656,15 @@ pub fn authentication_verify(
     actor: &str,
     now: SystemTime,
 ) -> Result<Value, FlowError> {
-    let obj = object(body, "body")?;
-    only(obj, &["ceremonyId", "credential"], "")?;
-    let id = ceremony_id(obj)?;
-    let response = AuthenticationResponse::from_value(credential_member(obj)?)
-        .map_err(FlowError::in_credential)?;
+    let (id, response, record, st) = begin_verify::<_, AuthenticationState>(
+        s,
+        body,
+        AUTHENTICATION,
+        actor,
+        now,
+        AuthenticationResponse::from_value,
+    )?;
     let now_ms = unix_ms(now);
-    let record = take_ceremony(s, &id, AUTHENTICATION, actor, now_ms)?;
-    let st: AuthenticationState = state(&record)?;
     let subject = b64url(&id);
 
     let result = check_assertion(s, &response, &record.challenge, &st, now_ms);

@@ -55,40 +55,50 @@ pub struct InstallReport {
     pub saved_to: PathBuf,
 }
 
-/// Verifies `jwt` as of `at` and installs it. `now` stamps the store's
-/// status. On any refusal the failure is recorded in the store's metadata
-/// status (the installed catalog stays) and returned.
-#[allow(clippy::too_many_arguments)]
+/// A BLOB to install and what to verify it with.
+pub struct BlobInput<'a> {
+    /// The compact JWS.
+    pub jwt: &'a [u8],
+    pub roots: &'a [Cert],
+    pub crls: &'a [Crl],
+    /// The time to verify at: now, or an archived BLOB's own time.
+    pub at: SystemTime,
+    /// A file name or URL, for the status and the audit log.
+    pub source: &'a str,
+}
+
+/// Verifies the BLOB as of `input.at` and installs it. `now` stamps the
+/// store's status. On any refusal the failure is recorded in the store's
+/// metadata status (the installed catalog stays) and returned.
 pub fn install(
     store: &dyn Store,
     data_dir: &Path,
-    jwt: &[u8],
-    roots: &[Cert],
-    crls: &[Crl],
-    at: SystemTime,
-    source: &str,
+    input: &BlobInput<'_>,
     now: SystemTime,
 ) -> Result<InstallReport, MetadataError> {
-    let result = try_install(store, data_dir, jwt, roots, crls, at, source, now);
+    let result = try_install(store, data_dir, input, now);
     if let Err(e) = &result
-        && let Err(record) = store.record_metadata_failure(unix_ms(now), &format!("{source}: {e}"))
+        && let Err(record) =
+            store.record_metadata_failure(unix_ms(now), &format!("{}: {e}", input.source))
     {
         tracing::warn!(error = %record, "could not record the metadata failure");
     }
     result
 }
 
-#[allow(clippy::too_many_arguments)]
 fn try_install(
     store: &dyn Store,
     data_dir: &Path,
-    jwt: &[u8],
-    roots: &[Cert],
-    crls: &[Crl],
-    at: SystemTime,
-    source: &str,
+    input: &BlobInput<'_>,
     now: SystemTime,
 ) -> Result<InstallReport, MetadataError> {
+    let BlobInput {
+        jwt,
+        roots,
+        crls,
+        at,
+        source,
+    } = *input;
     let blob = blob::verify(jwt, roots, crls, at)?;
     blob.check_fresh(at)?;
     let previous_no = store.metadata_status()?.catalog.map(|c| c.no);

@@ -1468,29 +1468,13 @@ fn read_auth(source: Option<&SecretSource>) -> Result<Option<Zeroizing<Vec<u8>>>
     Ok(Some(Zeroizing::new(secret.as_bytes().to_vec())))
 }
 
-/// UTC timestamp in RFC 3339 form, without pulling in a date crate.
+/// UTC timestamp in RFC 3339 form, whole seconds.
 fn rfc3339(t: SystemTime) -> String {
     let secs = t
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
+        .map(|d| d.as_secs())
         .unwrap_or(0);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    crate::rfc3339::format(UNIX_EPOCH + std::time::Duration::from_secs(secs))
 }
 
 #[cfg(test)]

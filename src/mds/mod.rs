@@ -212,7 +212,7 @@ pub(crate) fn pem_text(bytes: &[u8]) -> Option<&str> {
 /// The DER of every PEM block of `label` in `text`, in order. Blocks of
 /// other labels are an error: a CRL file with a certificate in it is a
 /// mistake worth reporting.
-pub(crate) fn pem_blocks(text: &str, label: &str) -> Result<Vec<Vec<u8>>, String> {
+pub fn pem_blocks(text: &str, label: &str) -> Result<Vec<Vec<u8>>, String> {
     const BEGIN: &str = "-----BEGIN ";
     const END: &str = "-----END ";
     let mut blocks = Vec::new();
@@ -239,7 +239,7 @@ pub(crate) fn pem_blocks(text: &str, label: &str) -> Result<Vec<Vec<u8>>, String
         rest = &block[end..];
     }
     if blocks.is_empty() {
-        return Err(format!("no PEM {label} block"));
+        return Err(format!("no PEM {} in the file", label.to_lowercase()));
     }
     Ok(blocks)
 }

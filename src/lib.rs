@@ -6,6 +6,7 @@ pub mod flows;
 pub mod identity;
 pub mod keys;
 pub mod mds;
+pub mod policy;
 pub mod rfc3339;
 pub mod speed;
 pub mod store;

@@ -21,8 +21,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use std::time::SystemTime;
 
-use super::{FlowError, Services, b64_field, truncate, unix_ms, uuid_text};
+use super::{FlowError, Services, b64_field, metadata, truncate, unix_ms, uuid_text};
 use crate::audit::AuditEvent;
+use crate::policy;
 use crate::store::{CeremonyId, CeremonyRecord, CredentialRecord, StoreError, User, limits};
 use crate::webauthn::cose_key::CredentialPublicKey;
 use crate::webauthn::options::{
@@ -471,6 +472,9 @@ pub fn registration_verify(
     )?;
     let now_ms = unix_ms(now);
 
+    // The model's FIDO metadata gives the attestation roots, and its
+    // statement and status reports decide after the engine has verified.
+    let known = metadata::lookup(s.store.as_ref(), &response)?;
     let verified = registration::verify(
         &response,
         &registration::Expectation {
@@ -479,10 +483,14 @@ pub fn registration_verify(
             user_verification: st.user_verification,
             require_user_presence: true,
             policy: &s.attestation,
-            trust_anchors: &[],
+            trust_anchors: known.as_ref().map_or(&[], |k| k.roots.as_slice()),
             now,
         },
-    );
+    )
+    .and_then(|reg| match &known {
+        Some(k) => policy::metadata::check_registration(k, &reg).map(|()| reg),
+        None => Ok(reg),
+    });
     let reg = match verified {
         Ok(r) => r,
         Err(e) => {
@@ -556,6 +564,7 @@ pub fn registration_verify(
         "fmt": reg.fmt,
         "attestationType": record.attestation_type,
         "attestationTrusted": reg.anchored,
+        "authenticator": known.as_ref().and_then(|k| k.description.clone()),
         "userVerified": reg.flags.uv,
         "backupEligible": reg.flags.be,
         "backupState": reg.flags.bs,

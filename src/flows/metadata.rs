@@ -11,20 +11,18 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use serde_json::{Map, Value, json};
-
 use super::unix_ms;
-use crate::mds::MdsError;
 use crate::mds::blob::{self, Blob, Entry};
 use crate::mds::crl::Crl;
+use crate::mds::stored::Known;
+use crate::mds::{MdsError, stored};
 use crate::store::{CatalogInfo, MetadataEntry, Store, StoreError, limits};
-use crate::webauthn::certpath::Cert;
+use crate::webauthn::certpath::{self, Cert};
+use crate::webauthn::registration::AttestationObject;
+use crate::webauthn::response::RegistrationResponse;
 
 /// Where the last good BLOB is kept, under the data directory.
 pub const LAST_GOOD: &str = "mds/blob.jwt";
-
-/// Statement members dropped before storing: large, and unused by a server.
-const DROPPED_MEMBERS: [&str; 2] = ["icon", "tcDisplayPNGCharacteristics"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetadataError {
@@ -135,66 +133,16 @@ fn report(blob: &Blob, previous_no: Option<u64>, saved_to: PathBuf) -> InstallRe
     }
 }
 
-/// One catalog entry as stored: identifiers, the statement without its
-/// dropped members, and the status reports.
+/// One catalog entry as the store keeps it (see [`crate::mds::stored`]).
 pub fn stored_entry(e: &Entry) -> Result<MetadataEntry, MetadataError> {
-    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
-    let key_ids: Vec<String> = e
-        .attestation_certificate_key_identifiers
-        .iter()
-        .map(|k| hex(k))
-        .collect();
-    let mut doc = Map::new();
-    if let Some(text) = e.aaguid_text() {
-        doc.insert("aaguid".into(), json!(text));
-    }
-    if let Some(aaid) = &e.aaid {
-        doc.insert("aaid".into(), json!(aaid));
-    }
-    if !key_ids.is_empty() {
-        doc.insert(
-            "attestationCertificateKeyIdentifiers".into(),
-            json!(key_ids),
-        );
-    }
-    if let Some(statement) = &e.statement {
-        let mut json = statement.json.clone();
-        if let Some(obj) = json.as_object_mut() {
-            for member in DROPPED_MEMBERS {
-                obj.remove(member);
-            }
-        }
-        doc.insert("metadataStatement".into(), json);
-    }
-    let reports: Vec<Value> = e
-        .status_reports
-        .iter()
-        .map(|r| {
-            json!({
-                "status": r.status,
-                "effectiveDate": r.effective_date,
-                "certificationLevel": r.certification_level,
-                "authenticatorVersion": r.authenticator_version,
-                "certificateNumber": r.certificate_number,
-                "url": r.url,
-            })
-        })
-        .collect();
-    doc.insert("statusReports".into(), Value::Array(reports));
-    if let Some(t) = &e.time_of_last_status_change {
-        doc.insert("timeOfLastStatusChange".into(), json!(t));
-    }
-    let entry = serde_json::to_vec(&Value::Object(doc)).map_err(|err| MetadataError::Entry {
-        index: e.index,
-        reason: err.to_string(),
-    })?;
+    let entry = stored::encode(e)?;
     if entry.len() > limits::METADATA_ENTRY_MAX {
         return Err(MetadataError::Entry {
             index: e.index,
             reason: format!(
                 "{} bytes after dropping {}, more than the {} a catalog entry may hold",
                 entry.len(),
-                DROPPED_MEMBERS.join(" and "),
+                stored::DROPPED_MEMBERS.join(" and "),
                 limits::METADATA_ENTRY_MAX
             ),
         });
@@ -202,7 +150,7 @@ pub fn stored_entry(e: &Entry) -> Result<MetadataEntry, MetadataError> {
     Ok(MetadataEntry {
         aaguid: e.aaguid.map(|a| a.to_vec()),
         aaid: e.aaid.clone(),
-        key_ids,
+        key_ids: stored::key_id_texts(e),
         entry,
     })
 }
@@ -227,4 +175,53 @@ fn save_atomically(path: &Path, bytes: &[u8]) -> Result<(), MetadataError> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io(dir))
+}
+
+/// The stored metadata of the model that made this registration: by AAGUID,
+/// or, for U2F authenticators (zero AAGUID), by the key identifier of the
+/// attestation certificate (SHA-1 of its subjectPublicKey, as MDS defines
+/// it). `None` when the catalog has no entry, or when the response is too
+/// malformed to tell; the engine then reports what is wrong with it.
+pub fn lookup(
+    store: &dyn Store,
+    response: &RegistrationResponse,
+) -> Result<Option<Known>, MetadataError> {
+    let Ok(object) = AttestationObject::parse(&response.attestation_object) else {
+        return Ok(None);
+    };
+    let Some(attested) = &object.auth_data.attested else {
+        return Ok(None);
+    };
+    let entry = if attested.aaguid != [0; 16] {
+        store.metadata_by_aaguid(&attested.aaguid)?
+    } else {
+        match attestation_key_id(&object.att_stmt) {
+            Some(key_id) => store.metadata_by_key_id(&key_id)?,
+            None => None,
+        }
+    };
+    match entry {
+        Some(e) => Ok(Some(Known::decode(&e.entry)?)),
+        None => Ok(None),
+    }
+}
+
+/// SHA-1 of the subjectPublicKey of `attStmt.x5c[0]`.
+fn attestation_key_id(att_stmt: &ciborium::Value) -> Option<Vec<u8>> {
+    let ciborium::Value::Map(members) = att_stmt else {
+        return None;
+    };
+    let x5c = members
+        .iter()
+        .find(|(k, _)| k.as_text() == Some("x5c"))
+        .map(|(_, v)| v)?;
+    let chain = certpath::parse_x5c(x5c, "attStmt.x5c").ok()?;
+    let leaf = chain.first()?;
+    let key = leaf
+        .tbs()
+        .subject_public_key_info()
+        .subject_public_key
+        .raw_bytes();
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, key);
+    Some(digest.as_ref().to_vec())
 }

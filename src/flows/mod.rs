@@ -204,6 +204,12 @@ impl From<KeyError> for FlowError {
     }
 }
 
+impl From<metadata::MetadataError> for FlowError {
+    fn from(e: metadata::MetadataError) -> FlowError {
+        FlowError::Internal(format!("metadata: {e}"))
+    }
+}
+
 impl From<AuditLogError> for FlowError {
     fn from(e: AuditLogError) -> FlowError {
         FlowError::Internal(format!("audit: {e}"))

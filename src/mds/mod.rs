@@ -47,6 +47,7 @@
 
 pub mod blob;
 pub mod crl;
+pub mod stored;
 
 use crate::webauthn::certpath::Cert;
 

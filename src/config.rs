@@ -61,6 +61,10 @@ pub struct Config {
     pub audit: AuditSettings,
     pub limits: LimitSettings,
     pub log: LogSettings,
+    /// FIDO Metadata Service refresh; `None` without an `[mds]` table.
+    pub mds: Option<MdsSettings>,
+    /// The trust policy file; `None` uses the built-in default policy.
+    pub policy: Option<PathBuf>,
     /// Per-action ceremony requirements; always holds at least `default`.
     pub actions: BTreeMap<String, ActionSettings>,
 }
@@ -135,6 +139,20 @@ pub struct LogSettings {
     pub level: String,
 }
 
+#[derive(Clone, Debug)]
+pub struct MdsSettings {
+    /// Where the BLOB is fetched from (https only).
+    pub url: String,
+    /// How often the service refreshes it.
+    pub refresh_interval: Duration,
+    /// An HTTP(S) proxy for the fetch (`http://host:port`); none by default.
+    pub proxy: Option<String>,
+    /// Trust root for the BLOB; `None`: the built-in FIDO MDS root.
+    pub root: Option<PathBuf>,
+    /// CRLs for the BLOB signer's chain (files an officer keeps current).
+    pub crls: Vec<PathBuf>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ActionSettings {
     pub user_verification: UserVerification,
@@ -174,6 +192,25 @@ struct RawConfig {
     log: RawLog,
     #[serde(default)]
     actions: BTreeMap<String, RawAction>,
+    mds: Option<RawMds>,
+    policy: Option<RawPolicy>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMds {
+    url: Option<String>,
+    refresh_interval_s: Option<u64>,
+    proxy: Option<String>,
+    root: Option<String>,
+    #[serde(default)]
+    crls: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    file: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -626,6 +663,12 @@ fn build(
     }
     let log = LogSettings { json, level };
 
+    let mds = raw.mds.map(|m| mds_settings(m, base)).transpose()?;
+    let policy = raw
+        .policy
+        .map(|p| resolve(base, &required(p.file, "policy.file")?, "policy.file"))
+        .transpose()?;
+
     let mut actions = BTreeMap::new();
     for (name, a) in raw.actions {
         let key = format!("actions.{name}");
@@ -650,7 +693,45 @@ fn build(
         audit,
         limits,
         log,
+        mds,
+        policy,
         actions,
+    })
+}
+
+fn mds_settings(m: RawMds, base: &Path) -> Result<MdsSettings, ConfigError> {
+    let url = required(m.url, "mds.url")?;
+    let parsed = reqwest::Url::parse(&url)
+        .map_err(|e| ConfigError::new("mds.url", format!("{url:?} is not a URL: {e}")))?;
+    if parsed.scheme() != "https" {
+        return Err(ConfigError::new("mds.url", "must be https"));
+    }
+    if let Some(proxy) = &m.proxy {
+        let p = reqwest::Url::parse(proxy)
+            .map_err(|e| ConfigError::new("mds.proxy", format!("{proxy:?} is not a URL: {e}")))?;
+        if !matches!(p.scheme(), "http" | "https") {
+            return Err(ConfigError::new(
+                "mds.proxy",
+                "must be an http:// or https:// proxy URL",
+            ));
+        }
+    }
+    let mut crls = Vec::new();
+    for (i, c) in m.crls.iter().enumerate() {
+        crls.push(resolve(base, c, &format!("mds.crls[{i}]"))?);
+    }
+    Ok(MdsSettings {
+        url,
+        refresh_interval: Duration::from_secs(ranged(
+            m.refresh_interval_s,
+            86_400,
+            "mds.refresh_interval_s",
+            60,
+            30 * 86_400,
+        )?),
+        proxy: m.proxy,
+        root: m.root.map(|r| resolve(base, &r, "mds.root")).transpose()?,
+        crls,
     })
 }
 

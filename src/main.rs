@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use clap::{Args, Parser, Subcommand};
 
 mod mds_cmd;
+mod policy_cmd;
 use signet::audit::{AuditEvent, AuditLog, CheckpointPolicy, checkpoint_keys};
 use signet::keys::cert::{self, ExportFormat};
 use signet::keys::{EcPublicKey, KeyInfo, KeyRing, Kid, Profile, Role};
@@ -74,6 +75,9 @@ enum Command {
     /// data directory (with the service stopped).
     #[command(subcommand)]
     Mds(mds_cmd::MdsCommand),
+    /// The trust policy file: check it, and explain the tier a model earns.
+    #[command(subcommand)]
+    Policy(policy_cmd::PolicyCommand),
     /// Measure the engine's verification rate on this machine (one thread)
     /// against a bare P-256 signature verification.
     Speed {
@@ -442,6 +446,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::ConformanceProxy(args) => return signet::conformance_proxy::run(args),
         Command::Verify(verify) => return run_verify(verify),
         Command::Audit(audit) => return run_audit(audit),
+        Command::Policy(policy) => return policy_cmd::run(policy),
         Command::Mds(mds) => {
             return mds_cmd::run(mds, &officer_actor(std::env::var("USER").ok().as_deref()));
         }

@@ -1,21 +1,19 @@
-//! `signet mds`: install and inspect the FIDO metadata catalog in a data
-//! directory (the service must be stopped: sled locks the directory).
+//! `signet mds`: fetch, install and inspect the FIDO metadata catalog in a
+//! data directory (the service must be stopped: sled locks the directory).
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
-use signet::audit::{AuditEvent, AuditLog, CheckpointPolicy};
-use signet::flows::metadata::{self, InstallReport};
-use signet::flows::unix_ms;
+use signet::audit::{AuditLog, CheckpointPolicy};
+use signet::config::{Config, MdsSettings};
+use signet::flows::metadata::{self, InstallReport, RefreshOutcome};
 use signet::mds::crl::Crl;
-use signet::mds::parse_roots;
+use signet::mds::fetch::{self, FetchOptions};
+use signet::mds::{FIDO_MDS_ROOT, parse_roots};
 use signet::store::{SledStore, Store};
-
-/// The FIDO Metadata Service's production root (GlobalSign Root CA - R3),
-/// used when `--root` is not given.
-pub const MDS_ROOT: &[u8] = include_bytes!("../certs/globalsign-root-r3.pem");
 
 /// Largest BLOB read (the 2024 production BLOB is about 2.5 MB).
 const BLOB_FILE_MAX: u64 = 16 * 1024 * 1024;
@@ -41,6 +39,36 @@ pub enum MdsCommand {
         /// Verify as of this time instead of now (RFC 3339).
         #[arg(long, value_name = "RFC3339", value_parser = signet::rfc3339::parse)]
         at: Option<SystemTime>,
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Download the BLOB over HTTPS and install it as import does
+    /// (conditionally: "not modified" when the server answers 304 or serves
+    /// the installed serial again). With --config, the URL, proxy, root and
+    /// CRLs default to its [mds] table.
+    Fetch {
+        /// The BLOB's URL (https); required unless --config has an [mds] table.
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+        /// An HTTP(S) proxy, http://host:port (default: mds.proxy, else none;
+        /// HTTPS_PROXY is not read).
+        #[arg(long, value_name = "URL")]
+        proxy: Option<String>,
+        /// Trust root(s) for the BLOB, PEM or DER (default: mds.root, else the
+        /// built-in FIDO MDS root).
+        #[arg(long, value_name = "PEM")]
+        root: Option<PathBuf>,
+        /// A CRL for the signer's chain; repeat for each issuer (default:
+        /// mds.crls).
+        #[arg(long = "crl", value_name = "FILE")]
+        crls: Vec<PathBuf>,
+        /// Also trust this CA (PEM or DER) for the HTTPS server, beside the
+        /// system's roots: for a private MDS mirror.
+        #[arg(long, value_name = "PEM")]
+        ca: Option<PathBuf>,
         #[command(flatten)]
         store: StoreArgs,
         /// Print JSON instead of text.
@@ -86,16 +114,22 @@ pub struct StoreArgs {
 
 impl StoreArgs {
     fn dir(&self) -> anyhow::Result<PathBuf> {
-        match (&self.data_dir, &self.config) {
+        match (&self.data_dir, self.config()?) {
             (Some(d), _) => Ok(d.clone()),
-            (None, Some(c)) => {
-                let config =
-                    signet::config::Config::load(c, &signet::config::Overrides::from_env())
-                        .map_err(|e| anyhow::anyhow!("{}: {e}", c.display()))?;
-                Ok(config.store.data_dir)
-            }
+            (None, Some(config)) => Ok(config.store.data_dir),
             (None, None) => anyhow::bail!("--data-dir or --config is required"),
         }
+    }
+
+    /// The configuration, when --config is given.
+    fn config(&self) -> anyhow::Result<Option<Config>> {
+        self.config
+            .as_ref()
+            .map(|c| {
+                Config::load(c, &signet::config::Overrides::from_env())
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", c.display()))
+            })
+            .transpose()
     }
 
     /// Opens the store; `create` only for commands that install.
@@ -130,7 +164,7 @@ pub fn run(command: MdsCommand, actor: &str) -> anyhow::Result<()> {
                     &crate::read_bounded(p, PKI_FILE_MAX, Some("--root"))?,
                     "--root",
                 )?,
-                None => parse_roots(MDS_ROOT, "built-in MDS root")?,
+                None => parse_roots(FIDO_MDS_ROOT, "built-in MDS root")?,
             };
             let mut parsed = Vec::new();
             for p in &crls {
@@ -153,26 +187,82 @@ pub fn run(command: MdsCommand, actor: &str) -> anyhow::Result<()> {
                 source: &source,
             };
             let report = metadata::install(&store, &dir, &input, now)?;
-            // An officer action: audited. The checkpoint follows at the
-            // service's next timer tick (its key is the service's).
-            AuditLog::new(std::sync::Arc::new(store), CheckpointPolicy::default()).append(
-                &AuditEvent::new(
-                    unix_ms(now),
-                    actor,
-                    "mds.installed",
-                    format!("no {}", report.no),
-                )
-                .with_detail(json!({
-                    "no": report.no,
-                    "previousNo": report.previous_no,
-                    "nextUpdate": report.next_update,
-                    "entries": report.entries,
-                    "source": source,
-                    "revocationChecked": report.revocation_checked,
-                })),
-                None,
-            )?;
+            audit_install(store, &report, &source, actor, now)?;
             print_install(&report, json)
+        }
+        MdsCommand::Fetch {
+            url,
+            proxy,
+            root,
+            crls,
+            ca,
+            store,
+            json,
+        } => {
+            let config = store.config()?;
+            let from_config = config.as_ref().and_then(|c| c.mds.clone());
+            // Errors name the flag, or the config key, that gave the file.
+            let root_key = if root.is_some() { "--root" } else { "mds.root" };
+            let crl_flags = !crls.is_empty();
+            let settings = fetch_settings(url, proxy, root, crls, from_config.as_ref())?;
+            let crl_keys: Vec<String> = (0..settings.crls.len())
+                .map(|i| {
+                    if crl_flags {
+                        "--crl".to_string()
+                    } else {
+                        format!("mds.crls[{i}]")
+                    }
+                })
+                .collect();
+            let roots = metadata::load_roots(settings.root.as_deref(), root_key)?;
+            let crls = settings
+                .crls
+                .iter()
+                .zip(&crl_keys)
+                .map(|(p, key)| metadata::load_crl(p, key))
+                .collect::<Result<Vec<_>, _>>()?;
+            let extra_roots = match &ca {
+                Some(p) => fetch::parse_ca(
+                    &crate::read_bounded(p, PKI_FILE_MAX, Some("--ca"))?,
+                    &format!("--ca {}", p.display()),
+                )
+                .map_err(|e| anyhow::anyhow!(e))?,
+                None => Vec::new(),
+            };
+            let options = FetchOptions {
+                extra_roots,
+                progress: std::io::stderr().is_terminal() && !json,
+                ..FetchOptions::default()
+            };
+            let (dir, store) = store.open(true)?;
+            let now = SystemTime::now();
+            match metadata::refresh(&store, &dir, &settings, &roots, &crls, &options, now)? {
+                RefreshOutcome::Installed(report) => {
+                    audit_install(store, &report, &settings.url, actor, now)?;
+                    if json {
+                        let mut doc = serde_json::to_value(&report)?;
+                        doc["outcome"] = json!("installed");
+                        println!("{}", serde_json::to_string_pretty(&doc)?);
+                        Ok(())
+                    } else {
+                        print_install(&report, false)
+                    }
+                }
+                RefreshOutcome::NotModified { no } => {
+                    if json {
+                        let doc =
+                            json!({ "outcome": "not_modified", "no": no, "url": settings.url });
+                        println!("{}", serde_json::to_string_pretty(&doc)?);
+                    } else {
+                        let held = no.map_or("none".to_string(), |n| format!("no {n}"));
+                        println!(
+                            "not modified: the installed BLOB ({held}) is current at {}",
+                            settings.url
+                        );
+                    }
+                    Ok(())
+                }
+            }
         }
         MdsCommand::Show {
             aaguid,
@@ -236,6 +326,62 @@ pub fn run(command: MdsCommand, actor: &str) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// An officer action: audited. The checkpoint follows at the service's
+/// next timer tick (its key is the service's).
+fn audit_install(
+    store: SledStore,
+    report: &InstallReport,
+    source: &str,
+    actor: &str,
+    now: SystemTime,
+) -> anyhow::Result<()> {
+    AuditLog::new(std::sync::Arc::new(store), CheckpointPolicy::default())
+        .append(&metadata::installed_event(report, source, actor, now), None)?;
+    Ok(())
+}
+
+/// The fetch's settings: the flags, else the config's [mds] table.
+fn fetch_settings(
+    url: Option<String>,
+    proxy: Option<String>,
+    root: Option<PathBuf>,
+    crls: Vec<PathBuf>,
+    config: Option<&MdsSettings>,
+) -> anyhow::Result<MdsSettings> {
+    let url = match (url, config) {
+        (Some(u), _) => u,
+        (None, Some(m)) => m.url.clone(),
+        (None, None) => {
+            anyhow::bail!("--url is required (or --config with an [mds] table)")
+        }
+    };
+    let parsed =
+        reqwest::Url::parse(&url).map_err(|e| anyhow::anyhow!("--url {url:?}: not a URL: {e}"))?;
+    anyhow::ensure!(parsed.scheme() == "https", "--url {url}: must be https");
+    if let Some(p) = &proxy {
+        let parsed = reqwest::Url::parse(p)
+            .map_err(|e| anyhow::anyhow!("--proxy {:?}: not a URL: {e}", fetch::redact_proxy(p)))?;
+        anyhow::ensure!(
+            matches!(parsed.scheme(), "http" | "https"),
+            "--proxy {}: must be an http:// or https:// proxy URL",
+            fetch::redact_proxy(p)
+        );
+    }
+    let root = root.or_else(|| config.and_then(|m| m.root.clone()));
+    let crls = if crls.is_empty() {
+        config.map(|m| m.crls.clone()).unwrap_or_default()
+    } else {
+        crls
+    };
+    Ok(MdsSettings {
+        url,
+        refresh_interval: config.map_or(Duration::from_secs(86_400), |m| m.refresh_interval),
+        proxy: proxy.or_else(|| config.and_then(|m| m.proxy.clone())),
+        root,
+        crls,
+    })
 }
 
 fn print_install(report: &InstallReport, json: bool) -> anyhow::Result<()> {

@@ -52,6 +52,10 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Fixture {
+        Fixture::with_policy(signet::policy::tiers::BUILTIN)
+    }
+
+    fn with_policy(text: &str) -> Fixture {
         let hsm = common::softhsm::SoftHsm::new();
         let ring: KeyRing = hsm.ring();
         ring.init().expect("provision keys");
@@ -63,7 +67,8 @@ impl Fixture {
             &Overrides::default(),
         )
         .expect("config");
-        let services = Services::new(&config, store.clone(), Arc::new(ring));
+        let policy = signet::policy::tiers::Policy::parse(text).expect("policy");
+        let services = Services::new(&config, store.clone(), Arc::new(ring), Arc::new(policy));
         Fixture {
             _hsm: hsm,
             _dir: dir,
@@ -302,4 +307,68 @@ fn u2f_models_are_found_by_attestation_key_identifier() {
     assert_eq!(answer["fmt"], "fido-u2f");
     assert_eq!(answer["attestationTrusted"], true);
     assert_eq!(answer["authenticator"], "Test Key 5");
+}
+
+/// A stored entry with key protection, as a certified hardware key has.
+fn hardware_entry(root: &[u8], level: &str) -> MetadataEntry {
+    let doc = json!({
+        "metadataStatement": {
+            "description": "Hardware Key",
+            "attestationTypes": ["basic_full"],
+            "keyProtection": ["hardware", "secure_element"],
+            "attestationRootCertificates": [b64(root)],
+        },
+        "statusReports": [{ "status": level, "effectiveDate": "2024-01-01" }],
+    });
+    MetadataEntry {
+        aaguid: Some(AAGUID.to_vec()),
+        aaid: None,
+        key_ids: vec![],
+        entry: serde_json::to_vec(&doc).expect("JSON"),
+    }
+}
+
+#[test]
+fn tiers_are_recorded_and_the_registration_policy_applies() {
+    let mut f = Fixture::with_policy("version = \"bank-7\"\n[registration]\ntier4 = \"reject\"\n");
+    // Unknown model: tier 4, refused by this policy, naming version and reason.
+    let auth = SoftAuthenticator::new(CoseAlgorithm::Es256);
+    refused_by_policy(
+        f.register(&auth, &Attestation::None, "unknown"),
+        "policy bank-7 rejects tier 4",
+    );
+
+    // A certified L2 hardware key, attested, device-bound: tier 1.
+    let (pki, auth) = packed_pki();
+    f.catalog(vec![hardware_entry(&pki.root.der, "FIDO_CERTIFIED_L2")]);
+    let answer = f
+        .register(&auth, &pki.packed_attestation(), "t1")
+        .expect("tier 1");
+    assert_eq!(answer["tier"], 1, "{answer}");
+    assert_eq!(answer["marked"], false);
+    assert_eq!(answer["policyVersion"], "bank-7");
+    let credential_id = answer["credentialId"].as_str().expect("id");
+    let id = b64url_decode("id", credential_id, 1024).expect("id");
+    let stored = f.store.credential(&id).expect("read").expect("stored");
+    assert_eq!(stored.tier, Some(1));
+    assert_eq!(stored.policy_version.as_deref(), Some("bank-7"));
+    assert!(!stored.tier_reasons.is_empty());
+
+    // The same model claimed with attestation none: self-asserted, tier 3.
+    let mut auth = SoftAuthenticator::new(CoseAlgorithm::Es256);
+    auth.aaguid = AAGUID;
+    let answer = f.register(&auth, &Attestation::None, "t3").expect("tier 3");
+    assert_eq!(answer["tier"], 3, "{answer}");
+    assert_eq!(answer["attestationTrusted"], false);
+}
+
+#[test]
+fn the_builtin_policy_accepts_unknown_models_marked() {
+    let f = Fixture::new();
+    let auth = SoftAuthenticator::new(CoseAlgorithm::Es256);
+    let answer = f
+        .register(&auth, &Attestation::None, "u")
+        .expect("registered");
+    assert_eq!(answer["tier"], 4);
+    assert_eq!(answer["marked"], true);
 }

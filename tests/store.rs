@@ -45,6 +45,10 @@ pub mod suite {
             created_ms: 1_700_000_000_000,
             last_used_ms: None,
             flagged: None,
+            tier: Some(3),
+            tier_reasons: vec!["known model, self-asserted AAGUID".into()],
+            policy_version: Some("test-1".into()),
+            marked: false,
         }
     }
 

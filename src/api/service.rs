@@ -8,6 +8,11 @@
 //!
 //! Shutdown: stop accepting, let in-flight requests finish (up to
 //! `server.shutdown_grace_ms`), checkpoint the audit log, flush the store.
+//!
+//! With an `[mds]` table, a background task refreshes the FIDO metadata
+//! catalog: first a few seconds after the start, then every
+//! `mds.refresh_interval_s`, on the blocking pool. Requests never wait on
+//! it; they read whatever catalog is installed.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -17,15 +22,45 @@ use anyhow::Context;
 use super::limits::ClientLimits;
 use super::metrics::{MeteredBackend, Metrics};
 use super::{AppState, router, server, tls};
-use crate::config::Config;
+use crate::config::{Config, MdsSettings};
+use crate::flows::metadata::{self, RefreshOutcome};
 use crate::flows::{Services, unix_ms};
 use crate::keys::profile::Profile;
 use crate::keys::{KeyRing, Role};
+use crate::mds::crl::Crl;
+use crate::mds::fetch::FetchOptions;
 use crate::store::sled_store::SledStore;
 use crate::store::{Store, Sweeper};
 
 /// Objects swept per batch by the background sweeper.
 const SWEEP_BATCH: usize = 512;
+/// The first metadata refresh runs this long after the start, so that a
+/// start never waits on the network.
+const MDS_FIRST_REFRESH: Duration = Duration::from_secs(5);
+/// How long the runtime waits at shutdown for a blocking task (a metadata
+/// download in progress) before the process exits anyway.
+const BLOCKING_GRACE: Duration = Duration::from_secs(2);
+/// The audit actor of scheduled metadata installs.
+const MDS_ACTOR: &str = "signet (scheduled MDS refresh)";
+
+/// The roots and CRLs `[mds]` names, loaded once at start.
+pub struct MdsTrust {
+    pub roots: Vec<crate::webauthn::certpath::Cert>,
+    pub crls: Vec<Crl>,
+}
+
+/// Loads `mds.root` (or the built-in FIDO MDS root) and `mds.crls`; an
+/// error names the key and the file.
+pub fn mds_trust(settings: &MdsSettings) -> anyhow::Result<MdsTrust> {
+    let roots = metadata::load_roots(settings.root.as_deref(), "mds.root")?;
+    let crls = settings
+        .crls
+        .iter()
+        .enumerate()
+        .map(|(i, p)| metadata::load_crl(p, &format!("mds.crls[{i}]")))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(MdsTrust { roots, crls })
+}
 
 /// Everything built from the configuration, before any port is opened.
 pub struct Prepared {
@@ -60,7 +95,14 @@ pub fn prepare(config: &Config, profile: &Profile) -> anyhow::Result<Prepared> {
         Some(dir) => load_key_certificates(dir)?,
         None => Vec::new(),
     };
-    let services = Arc::new(Services::new(config, store, ring));
+    let policy = match &config.policy {
+        Some(path) => crate::policy::tiers::Policy::load(path)
+            .map_err(|e| anyhow::anyhow!("policy.file {}: {e}", path.display()))?,
+        None => crate::policy::tiers::Policy::builtin()
+            .map_err(|e| anyhow::anyhow!("built-in policy: {e}"))?,
+    };
+    tracing::info!(version = %policy.version, sha256 = %policy.sha256, "trust policy loaded");
+    let services = Arc::new(Services::new(config, store, ring, Arc::new(policy)));
     let state = AppState {
         services,
         metrics,
@@ -112,6 +154,10 @@ fn load_key_certificates(dir: &std::path::Path) -> anyhow::Result<Vec<(Vec<u8>, 
 
 /// Runs the service until a termination signal.
 pub fn run(config: Config, profile: &Profile) -> anyhow::Result<()> {
+    let mds = match &config.mds {
+        Some(settings) => Some((settings.clone(), Arc::new(mds_trust(settings)?))),
+        None => None,
+    };
     let prepared = prepare(&config, profile)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -140,6 +186,14 @@ pub fn run(config: Config, profile: &Profile) -> anyhow::Result<()> {
             services.clone(),
             config.audit.checkpoint_interval,
         ));
+        let mds_timer = mds.map(|(settings, trust)| {
+            tokio::spawn(mds_timer(
+                services.clone(),
+                config.store.data_dir.clone(),
+                settings,
+                trust,
+            ))
+        });
         let app = router(prepared.state.clone());
         let rules: Arc<[_]> = config.clients.clone().into();
         let opts = server::ServeOptions::from(&config.server);
@@ -153,8 +207,13 @@ pub fn run(config: Config, profile: &Profile) -> anyhow::Result<()> {
         )
         .await?;
         timer.abort();
+        if let Some(t) = mds_timer {
+            t.abort();
+        }
         anyhow::Ok(())
     })?;
+    // A metadata download in progress is abandoned (the catalog stays).
+    runtime.shutdown_timeout(BLOCKING_GRACE);
 
     // In-flight requests are done: seal the log and make everything durable.
     let s = services.clone();
@@ -186,6 +245,67 @@ async fn checkpoint_timer(services: Arc<Services>, interval: Duration) {
                 tracing::warn!(error = %e, "audit checkpoint failed; retried at the next tick")
             }
             Err(e) => tracing::warn!(error = %e, "audit checkpoint task failed"),
+        }
+    }
+}
+
+/// Refreshes the metadata catalog [`MDS_FIRST_REFRESH`] after the start,
+/// then every `settings.refresh_interval`. Failures are recorded in the
+/// store's metadata status (and logged); the installed catalog stays.
+async fn mds_timer(
+    services: Arc<Services>,
+    data_dir: std::path::PathBuf,
+    settings: MdsSettings,
+    trust: Arc<MdsTrust>,
+) {
+    let start = tokio::time::Instant::now() + MDS_FIRST_REFRESH;
+    let mut tick = tokio::time::interval_at(start, settings.refresh_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let settings = Arc::new(settings);
+    loop {
+        tick.tick().await;
+        let (s, dir, m, t) = (
+            services.clone(),
+            data_dir.clone(),
+            settings.clone(),
+            trust.clone(),
+        );
+        let done = tokio::task::spawn_blocking(move || {
+            let now = SystemTime::now();
+            let outcome = metadata::refresh(
+                s.store.as_ref(),
+                &dir,
+                &m,
+                &t.roots,
+                &t.crls,
+                &FetchOptions::default(),
+                now,
+            )?;
+            if let RefreshOutcome::Installed(report) = &outcome {
+                let event = metadata::installed_event(report, &m.url, MDS_ACTOR, now);
+                if let Err(e) = s.audit.append(&event, Some(&s.keys)) {
+                    tracing::error!(error = %e, no = report.no, "MDS install not audited");
+                }
+            }
+            Ok::<_, metadata::MetadataError>(outcome)
+        })
+        .await;
+        match done {
+            Ok(Ok(RefreshOutcome::Installed(r))) => tracing::info!(
+                no = r.no,
+                previous_no = r.previous_no,
+                entries = r.entries,
+                next_update = %r.next_update,
+                "MDS BLOB installed"
+            ),
+            Ok(Ok(RefreshOutcome::NotModified { no })) => {
+                tracing::info!(no, "MDS BLOB not modified")
+            }
+            Ok(Err(e)) => tracing::warn!(
+                error = %e,
+                "MDS refresh failed; the installed catalog stays; retried at the next interval"
+            ),
+            Err(e) => tracing::warn!(error = %e, "MDS refresh task failed"),
         }
     }
 }

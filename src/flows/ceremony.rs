@@ -24,6 +24,7 @@ use std::time::SystemTime;
 use super::{FlowError, Services, b64_field, metadata, truncate, unix_ms, uuid_text};
 use crate::audit::AuditEvent;
 use crate::policy;
+use crate::policy::tiers::{Admission, TierInput};
 use crate::store::{CeremonyId, CeremonyRecord, CredentialRecord, StoreError, User, limits};
 use crate::webauthn::cose_key::CredentialPublicKey;
 use crate::webauthn::options::{
@@ -500,6 +501,28 @@ pub fn registration_verify(
         }
     };
 
+    // The trust tier, and what the registration policy does with it.
+    let assessment = s.policy.assess(&TierInput {
+        aaguid: reg.aaguid,
+        attested: reg.anchored && known.is_some(),
+        metadata: known.as_ref(),
+        backup_eligible: reg.flags.be,
+    });
+    let admission = s.policy.admission(&assessment);
+    if admission == Admission::Reject {
+        let e = FlowError::in_credential(webauthn::Error::policy(
+            "response.attestationObject",
+            format!(
+                "policy {} rejects tier {} at registration: {}",
+                s.policy.version,
+                assessment.tier,
+                assessment.reasons.join("; ")
+            ),
+        ));
+        refused(s, actor, "registration.refused", &b64url(&id), &e, now_ms)?;
+        return Err(e);
+    }
+
     if s.store.credential(&reg.credential_id)?.is_some() {
         let e = FlowError::Conflict {
             field: "credential.id".into(),
@@ -545,6 +568,15 @@ pub fn registration_verify(
         created_ms: now_ms,
         last_used_ms: None,
         flagged: None,
+        tier: Some(assessment.tier),
+        tier_reasons: assessment
+            .reasons
+            .iter()
+            .take(limits::TIER_REASONS_MAX)
+            .map(|r| truncate(r, 512))
+            .collect(),
+        policy_version: Some(s.policy.version.clone()),
+        marked: admission == Admission::AcceptMarked,
     };
     match s.store.insert_credential(&record) {
         Ok(()) => {}
@@ -565,6 +597,10 @@ pub fn registration_verify(
         "attestationType": record.attestation_type,
         "attestationTrusted": reg.anchored,
         "authenticator": known.as_ref().and_then(|k| k.description.clone()),
+        "tier": assessment.tier,
+        "tierReasons": record.tier_reasons,
+        "marked": record.marked,
+        "policyVersion": s.policy.version,
         "userVerified": reg.flags.uv,
         "backupEligible": reg.flags.be,
         "backupState": reg.flags.bs,
@@ -586,6 +622,9 @@ pub fn registration_verify(
             "fmt": record.fmt,
             "attestationType": record.attestation_type,
             "attestationTrusted": reg.anchored,
+            "tier": assessment.tier,
+            "marked": record.marked,
+            "policyVersion": s.policy.version,
             "action": st.action,
         })),
     )?;

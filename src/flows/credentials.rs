@@ -25,6 +25,10 @@ pub fn credential_json(c: &CredentialRecord) -> Value {
         "createdAt": format_ms(c.created_ms),
         "lastUsedAt": c.last_used_ms.map(format_ms),
         "flagged": c.flagged,
+        "tier": c.tier,
+        "tierReasons": c.tier_reasons,
+        "marked": c.marked,
+        "policyVersion": c.policy_version,
     })
 }
 

@@ -1,19 +1,23 @@
 //! Installing a FIDO Metadata Service BLOB into the store: verified, fresh,
 //! newer than the installed one, then the whole catalog replaced at once and
-//! the BLOB kept on disk as the last good one.
+//! the BLOB kept on disk as the last good one. [`refresh`] downloads it first
+//! (conditionally, with the validators kept beside the last good BLOB).
 //!
 //! The catalog is stored entry by entry, as JSON, so that registration
 //! (issue 5's next step) reads one entry by AAGUID or key identifier without
 //! parsing a 2 MB BLOB. Icons are dropped on the way in: they are the only
 //! large member, and a server has no use for them.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use super::unix_ms;
+use crate::audit::AuditEvent;
+use crate::config::MdsSettings;
 use crate::mds::blob::{self, Blob, Entry};
 use crate::mds::crl::Crl;
+use crate::mds::fetch::{self, FetchError, FetchOptions, Fetched, Validators};
 use crate::mds::stored::Known;
 use crate::mds::{MdsError, stored};
 use crate::store::{CatalogInfo, MetadataEntry, Store, StoreError, limits};
@@ -23,6 +27,11 @@ use crate::webauthn::response::RegistrationResponse;
 
 /// Where the last good BLOB is kept, under the data directory.
 pub const LAST_GOOD: &str = "mds/blob.jwt";
+/// Beside it: the URL it was fetched from and that response's `ETag` and
+/// `Last-Modified` (JSON), for the next conditional request.
+pub const VALIDATORS: &str = "mds/blob.etag";
+/// Largest root or CRL file read by [`load_roots`] and [`load_crl`].
+const PKI_FILE_MAX: u64 = 4 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetadataError {
@@ -36,6 +45,17 @@ pub enum MetadataError {
     Io {
         path: PathBuf,
         source: std::io::Error,
+    },
+    /// Downloading the BLOB failed (the error names the URL).
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    /// A trust root or CRL file: `key` is the setting or flag that named it
+    /// (`mds.root`, `mds.crls[1]`, `--crl`).
+    #[error("{key}: {}: {reason}", path.display())]
+    Trust {
+        key: String,
+        path: PathBuf,
+        reason: String,
     },
 }
 
@@ -82,6 +102,221 @@ pub fn install(
         tracing::warn!(error = %record, "could not record the metadata failure");
     }
     result
+}
+
+/// What a [`refresh`] did.
+#[derive(Debug)]
+pub enum RefreshOutcome {
+    /// A newer BLOB was verified and installed.
+    Installed(InstallReport),
+    /// The held catalog is current: the server answered 304, or served a
+    /// valid BLOB with the installed serial number.
+    NotModified { no: Option<u64> },
+}
+
+/// Fetches the BLOB from `settings.url` (through `settings.proxy`, which
+/// replaces `options.proxy`) and installs it as [`install`] does, verified
+/// with `roots` and `crls` as of `now`. The request is conditional when the
+/// validators kept beside the last good BLOB belong to the installed catalog
+/// and to this URL. A failure (download or verification) is recorded in the
+/// store's metadata status and returned; the installed catalog stays.
+pub fn refresh(
+    store: &dyn Store,
+    data_dir: &Path,
+    settings: &MdsSettings,
+    roots: &[Cert],
+    crls: &[Crl],
+    options: &FetchOptions,
+    now: SystemTime,
+) -> Result<RefreshOutcome, MetadataError> {
+    let result = try_refresh(store, data_dir, settings, roots, crls, options, now);
+    if let Err(e) = &result
+        && let Err(record) =
+            store.record_metadata_failure(unix_ms(now), &refresh_failure(e, settings))
+    {
+        tracing::warn!(error = %record, "could not record the metadata failure");
+    }
+    result
+}
+
+/// The failure as recorded: fetch errors name the URL themselves.
+fn refresh_failure(e: &MetadataError, settings: &MdsSettings) -> String {
+    match e {
+        MetadataError::Fetch(_) => e.to_string(),
+        _ => format!("{}: {e}", settings.url),
+    }
+}
+
+fn try_refresh(
+    store: &dyn Store,
+    data_dir: &Path,
+    settings: &MdsSettings,
+    roots: &[Cert],
+    crls: &[Crl],
+    options: &FetchOptions,
+    now: SystemTime,
+) -> Result<RefreshOutcome, MetadataError> {
+    let held = store.metadata_status()?.catalog;
+    let previous = held
+        .as_ref()
+        .filter(|_| data_dir.join(LAST_GOOD).is_file())
+        .and_then(|c| load_validators(data_dir, &settings.url, &c.blob_sha256))
+        .unwrap_or_default();
+    let options = FetchOptions {
+        proxy: settings.proxy.clone(),
+        ..options.clone()
+    };
+    let (jwt, validators) = match fetch::fetch(&settings.url, &previous, &options)? {
+        Fetched::NotModified { .. } => {
+            return Ok(RefreshOutcome::NotModified {
+                no: held.map(|c| c.no),
+            });
+        }
+        Fetched::Body {
+            bytes, validators, ..
+        } => (bytes, validators),
+    };
+    let input = BlobInput {
+        jwt: &jwt,
+        roots,
+        crls,
+        at: now,
+        source: &settings.url,
+    };
+    let outcome = match try_install(store, data_dir, &input, now) {
+        Ok(report) => RefreshOutcome::Installed(report),
+        // MDS often serves the same BLOB again without validators.
+        Err(MetadataError::Blob(MdsError::NotNewer { held, got })) if held == got => {
+            RefreshOutcome::NotModified { no: Some(held) }
+        }
+        Err(e) => return Err(e),
+    };
+    if let Some(catalog) = store.metadata_status()?.catalog {
+        save_validators(data_dir, &settings.url, &catalog.blob_sha256, validators);
+    }
+    Ok(outcome)
+}
+
+/// The validators file as written.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SavedValidators {
+    url: String,
+    /// Hex SHA-256 of the installed BLOB they were kept for.
+    blob_sha256: String,
+    #[serde(flatten)]
+    validators: Validators,
+}
+
+fn load_validators(data_dir: &Path, url: &str, blob_sha256: &[u8; 32]) -> Option<Validators> {
+    let path = data_dir.join(VALIDATORS);
+    let mut text = Vec::new();
+    std::fs::File::open(&path)
+        .ok()?
+        .take(64 * 1024)
+        .read_to_end(&mut text)
+        .ok()?;
+    let saved: SavedValidators = match serde_json::from_slice(&text) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "ignoring unreadable MDS validators");
+            return None;
+        }
+    };
+    (saved.url == url && saved.blob_sha256 == crate::audit::hex(blob_sha256))
+        .then_some(saved.validators)
+}
+
+/// Best effort: without the file the next request is unconditional.
+fn save_validators(data_dir: &Path, url: &str, blob_sha256: &[u8; 32], validators: Validators) {
+    let path = data_dir.join(VALIDATORS);
+    let result = if validators.is_empty() {
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(MetadataError::Io {
+                path: path.clone(),
+                source: e,
+            }),
+            _ => Ok(()),
+        }
+    } else {
+        let saved = SavedValidators {
+            url: url.to_string(),
+            blob_sha256: crate::audit::hex(blob_sha256),
+            validators,
+        };
+        serde_json::to_vec_pretty(&saved)
+            .map_err(|e| MetadataError::Io {
+                path: path.clone(),
+                source: e.into(),
+            })
+            .and_then(|bytes| save_atomically(&path, &bytes))
+    };
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "could not keep the MDS validators");
+    }
+}
+
+/// The trust roots in `path` (PEM or DER), or the built-in FIDO MDS root
+/// when `None`. `key` names the setting or flag in errors.
+pub fn load_roots(path: Option<&Path>, key: &str) -> Result<Vec<Cert>, MetadataError> {
+    match path {
+        None => Ok(crate::mds::parse_roots(
+            crate::mds::FIDO_MDS_ROOT,
+            "built-in MDS root",
+        )?),
+        Some(p) => crate::mds::parse_roots(&read_pki(p, key)?, key).map_err(|e| trust(key, p, e)),
+    }
+}
+
+/// The CRL in `path` (PEM or DER). `key` names the setting or flag in errors.
+pub fn load_crl(path: &Path, key: &str) -> Result<Crl, MetadataError> {
+    Crl::parse(&read_pki(path, key)?).map_err(|e| trust(key, path, e))
+}
+
+fn trust(key: &str, path: &Path, reason: impl std::fmt::Display) -> MetadataError {
+    MetadataError::Trust {
+        key: key.to_string(),
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+fn read_pki(path: &Path, key: &str) -> Result<Vec<u8>, MetadataError> {
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(PKI_FILE_MAX + 1).read_to_end(&mut bytes))
+        .map_err(|e| trust(key, path, e))?;
+    if bytes.len() as u64 > PKI_FILE_MAX {
+        return Err(trust(
+            key,
+            path,
+            format!("larger than {PKI_FILE_MAX} bytes"),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// The audit event of an installation (`mds.installed`), by `actor`.
+pub fn installed_event(
+    report: &InstallReport,
+    source: &str,
+    actor: &str,
+    now: SystemTime,
+) -> AuditEvent {
+    AuditEvent::new(
+        unix_ms(now),
+        actor,
+        "mds.installed",
+        format!("no {}", report.no),
+    )
+    .with_detail(serde_json::json!({
+        "no": report.no,
+        "previousNo": report.previous_no,
+        "nextUpdate": report.next_update,
+        "entries": report.entries,
+        "source": source,
+        "revocationChecked": report.revocation_checked,
+    }))
 }
 
 fn try_install(
@@ -165,7 +400,9 @@ fn save_atomically(path: &Path, bytes: &[u8]) -> Result<(), MetadataError> {
     };
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let tmp = path.with_extension("jwt.tmp");
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
     {
         let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
         f.write_all(bytes).map_err(io(&tmp))?;

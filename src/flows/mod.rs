@@ -35,10 +35,18 @@ pub struct Services {
     pub ceremony_timeout_ms: u32,
     pub attestation: AttestationPolicy,
     pub actions: std::collections::BTreeMap<String, ActionSettings>,
+    /// The trust policy (tiers, registration admission).
+    pub policy: Arc<crate::policy::tiers::Policy>,
 }
 
 impl Services {
-    pub fn new(config: &Config, store: Arc<dyn Store>, keys: Arc<KeyRing>) -> Services {
+    /// `policy` comes from `[policy] file`, or the built-in policy.
+    pub fn new(
+        config: &Config,
+        store: Arc<dyn Store>,
+        keys: Arc<KeyRing>,
+        policy: Arc<crate::policy::tiers::Policy>,
+    ) -> Services {
         let mut rp = RelyingParty::new(config.rp.id.clone(), config.rp.origins.clone());
         if !config.rp.algorithms.is_empty() {
             rp.algorithms = config.rp.algorithms.clone();
@@ -59,6 +67,7 @@ impl Services {
             ceremony_timeout_ms: config.rp.ceremony_timeout_ms,
             attestation: AttestationPolicy::default(),
             actions: config.actions.clone(),
+            policy,
         }
     }
 

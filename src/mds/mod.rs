@@ -47,9 +47,14 @@
 
 pub mod blob;
 pub mod crl;
+pub mod fetch;
 pub mod stored;
 
 use crate::webauthn::certpath::Cert;
+
+/// The FIDO Metadata Service's production root (GlobalSign Root CA - R3),
+/// trusted for the BLOB when no other root is given.
+pub const FIDO_MDS_ROOT: &[u8] = include_bytes!("../../certs/globalsign-root-r3.pem");
 
 /// Size bounds, checked before anything is allocated or parsed.
 pub mod limits {

@@ -83,6 +83,30 @@ pub struct Known {
     pub attestation_types: Vec<String>,
     /// MDS names, e.g. `secp256r1_ecdsa_sha256_raw`.
     pub authentication_algorithms: Vec<String>,
+    /// `hardware`, `secure_element`, `tee`, `software`, ...
+    pub key_protection: Vec<String>,
+    /// `internal`, `external`, `wired`, ...
+    pub attachment_hint: Vec<String>,
+}
+
+impl Known {
+    /// The certification level of the newest `FIDO_CERTIFIED*` report
+    /// (`L1`, `L1plus`, `L2`, ...), by effective date; `None` if never
+    /// certified or if a later report is `NOT_FIDO_CERTIFIED`.
+    pub fn certification_level(&self) -> Option<String> {
+        let mut reports: Vec<&(String, Option<String>)> = self
+            .statuses
+            .iter()
+            .filter(|(s, _)| s.starts_with("FIDO_CERTIFIED") || s == "NOT_FIDO_CERTIFIED")
+            .collect();
+        reports.sort_by(|a, b| a.1.cmp(&b.1));
+        let (status, _) = reports.last()?;
+        match status.as_str() {
+            "NOT_FIDO_CERTIFIED" => None,
+            "FIDO_CERTIFIED" => Some("L1".to_string()),
+            s => s.strip_prefix("FIDO_CERTIFIED_").map(str::to_string),
+        }
+    }
 }
 
 impl Known {
@@ -138,6 +162,8 @@ impl Known {
             statuses,
             attestation_types: strings(&st["attestationTypes"]),
             authentication_algorithms: strings(&st["authenticationAlgorithms"]),
+            key_protection: strings(&st["keyProtection"]),
+            attachment_hint: strings(&st["attachmentHint"]),
         })
     }
 }

@@ -5,3 +5,4 @@
 //! ([`metadata`]). Trust tiers and per-action policy (issue 5) join here.
 
 pub mod metadata;
+pub mod tiers;

@@ -103,6 +103,8 @@ pub mod limits {
     pub const TRANSPORTS_MAX: usize = 16;
     /// Reason a credential was flagged (e.g. an MDS status report).
     pub const FLAG_REASON_MAX: usize = 1024;
+    /// Reasons recorded with a credential's tier.
+    pub const TIER_REASONS_MAX: usize = 16;
     /// One-time object ids (ceremony ids, token ids, transaction ids, ...).
     pub const ONE_TIME_ID_MAX: usize = 256;
     /// Encoded body of a one-time object: a ceremony with every field at its
@@ -222,6 +224,18 @@ pub struct CredentialRecord {
     /// Why the credential must not be trusted as before (e.g. an MDS
     /// compromise report); `None` when in good standing.
     pub flagged: Option<String>,
+    /// Trust tier 1-4 at registration (`None`: registered before tiers).
+    #[serde(default)]
+    pub tier: Option<u8>,
+    /// Why that tier, in words an officer reads.
+    #[serde(default)]
+    pub tier_reasons: Vec<String>,
+    /// The policy version that decided.
+    #[serde(default)]
+    pub policy_version: Option<String>,
+    /// Accepted with a marking (policy `accept-marked`) for downstream scrutiny.
+    #[serde(default)]
+    pub marked: bool,
 }
 
 /// Ceremony ids are random 128-bit values chosen by the flow.
@@ -672,6 +686,18 @@ impl CredentialRecord {
         for t in &self.transports {
             check_len("transport", t.len(), 1, limits::SHORT_TEXT_MAX)?;
         }
+        if self.tier_reasons.len() > limits::TIER_REASONS_MAX {
+            return Err(StoreError::TooLarge {
+                field: "tier reasons",
+                limit: limits::TIER_REASONS_MAX,
+            });
+        }
+        for r in &self.tier_reasons {
+            check_len("tier reason", r.len(), 1, limits::FLAG_REASON_MAX)?;
+        }
+        if let Some(v) = &self.policy_version {
+            check_len("policy version", v.len(), 1, limits::SHORT_TEXT_MAX)?;
+        }
         check_flag_reason(self.flagged.as_deref())
     }
 }
@@ -1094,6 +1120,10 @@ mod tests {
             created_ms: 1,
             last_used_ms: None,
             flagged: Some("mds: compromise".into()),
+            tier: Some(2),
+            tier_reasons: vec!["attested".into()],
+            policy_version: Some("p1".into()),
+            marked: false,
         }
     }
 
@@ -1125,6 +1155,54 @@ mod tests {
         let back: CeremonyRecord =
             decode_record("one_time", b"k", &encode_record(&none).unwrap()).unwrap();
         assert_eq!(back, none);
+    }
+
+    #[test]
+    fn credentials_written_before_tiers_still_decode() {
+        // A record as the first release wrote it: no tier members at all.
+        #[derive(Serialize)]
+        struct Before {
+            #[serde(with = "serde_bytes_compat")]
+            id: Vec<u8>,
+            #[serde(with = "serde_bytes_compat")]
+            user_id: Vec<u8>,
+            #[serde(with = "serde_bytes_compat")]
+            public_key_cose: Vec<u8>,
+            sign_count: u32,
+            backup_eligible: bool,
+            backup_state: bool,
+            #[serde(with = "serde_bytes_compat")]
+            aaguid: [u8; 16],
+            fmt: String,
+            attestation_type: String,
+            transports: Vec<String>,
+            created_ms: u64,
+            last_used_ms: Option<u64>,
+            flagged: Option<String>,
+        }
+        let now = sample_credential();
+        let before = Before {
+            id: now.id.clone(),
+            user_id: now.user_id.clone(),
+            public_key_cose: now.public_key_cose.clone(),
+            sign_count: now.sign_count,
+            backup_eligible: now.backup_eligible,
+            backup_state: now.backup_state,
+            aaguid: now.aaguid,
+            fmt: now.fmt.clone(),
+            attestation_type: now.attestation_type.clone(),
+            transports: now.transports.clone(),
+            created_ms: now.created_ms,
+            last_used_ms: now.last_used_ms,
+            flagged: now.flagged.clone(),
+        };
+        let back: CredentialRecord =
+            decode_record("credentials", b"k", &encode_record(&before).unwrap()).unwrap();
+        assert_eq!(back.tier, None);
+        assert!(back.tier_reasons.is_empty());
+        assert_eq!(back.policy_version, None);
+        assert!(!back.marked);
+        assert_eq!(back.id, now.id);
     }
 
     #[test]

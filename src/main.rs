@@ -400,6 +400,10 @@ fn serve(args: &ServeArgs, log: Option<&str>, log_json: bool) -> anyhow::Result<
         Profile::load(&config.keys.profile).map_err(|e| anyhow::anyhow!("keys.profile: {e}"))?;
     if args.check {
         signet::api::tls::server_config(&config.tls)?;
+        if let Some(mds) = &config.mds {
+            signet::api::service::mds_trust(mds)?;
+        }
+        let policy = signet::api::service::load_policy(&config)?;
         println!("{}: valid", args.config.display());
         println!(
             "  listen      https://{} (mutual TLS)",
@@ -412,6 +416,10 @@ fn serve(args: &ServeArgs, log: Option<&str>, log_json: bool) -> anyhow::Result<
         );
         println!("  data dir    {}", config.store.data_dir.display());
         println!("  key profile {}", config.keys.profile.display());
+        println!(
+            "  policy      {} (sha256 {})",
+            policy.version, policy.sha256
+        );
         for c in &config.clients {
             println!("  client      {} -> {}", c.name, c.role);
         }

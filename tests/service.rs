@@ -572,6 +572,14 @@ fn config_check_validates_and_names_the_key() {
             "rp.origins[0]",
         ),
         (format!("{text}\n[server2]\n"), "unknown field"),
+        (
+            format!("{text}\n[policy]\nfile = \"missing-policy.toml\"\n"),
+            "policy.file",
+        ),
+        (
+            format!("{text}\n[mds]\nurl = \"https://mds.example\"\nroot = \"pki/ca.key\"\n"),
+            "mds.root",
+        ),
     ] {
         let path = server.dir.path().join("bad.toml");
         std::fs::write(&path, edit).expect("write");

@@ -865,7 +865,7 @@ pub mod suite {
 
         // A failed refresh is recorded; the catalog stays.
         store
-            .record_metadata_failure(42, "fetch: connection refused")
+            .record_metadata_attempt(42, Some("fetch: connection refused"))
             .unwrap();
         let status = store.metadata_status().unwrap();
         assert_eq!(status.catalog, Some(catalog(5, 3)));
@@ -875,10 +875,18 @@ pub mod suite {
             Some("fetch: connection refused")
         );
         store
-            .record_metadata_failure(43, &"é".repeat(4000))
+            .record_metadata_attempt(43, Some(&"é".repeat(4000)))
             .unwrap();
         let long = store.metadata_status().unwrap().last_error.unwrap();
         assert!(long.len() <= limits::METADATA_TEXT_MAX, "{}", long.len());
+        // An attempt that finds the installed BLOB current clears the error.
+        store.record_metadata_attempt(44, None).unwrap();
+        let status = store.metadata_status().unwrap();
+        assert_eq!(
+            (status.last_attempt_ms, status.last_error),
+            (Some(44), None)
+        );
+        assert_eq!(status.catalog, Some(catalog(5, 3)));
         assert_eq!(
             body_of(store.metadata_by_aaguid(&[1; 16]).unwrap()).as_deref(),
             Some("one")

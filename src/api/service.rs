@@ -49,6 +49,16 @@ pub struct MdsTrust {
     pub crls: Vec<Crl>,
 }
 
+/// The trust policy `[policy] file` names, or the built-in one.
+pub fn load_policy(config: &Config) -> anyhow::Result<crate::policy::tiers::Policy> {
+    match &config.policy {
+        Some(path) => crate::policy::tiers::Policy::load(path)
+            .map_err(|e| anyhow::anyhow!("policy.file {}: {e}", path.display())),
+        None => crate::policy::tiers::Policy::builtin()
+            .map_err(|e| anyhow::anyhow!("built-in policy: {e}")),
+    }
+}
+
 /// Loads `mds.root` (or the built-in FIDO MDS root) and `mds.crls`; an
 /// error names the key and the file.
 pub fn mds_trust(settings: &MdsSettings) -> anyhow::Result<MdsTrust> {
@@ -95,12 +105,7 @@ pub fn prepare(config: &Config, profile: &Profile) -> anyhow::Result<Prepared> {
         Some(dir) => load_key_certificates(dir)?,
         None => Vec::new(),
     };
-    let policy = match &config.policy {
-        Some(path) => crate::policy::tiers::Policy::load(path)
-            .map_err(|e| anyhow::anyhow!("policy.file {}: {e}", path.display()))?,
-        None => crate::policy::tiers::Policy::builtin()
-            .map_err(|e| anyhow::anyhow!("built-in policy: {e}"))?,
-    };
+    let policy = load_policy(config)?;
     tracing::info!(version = %policy.version, sha256 = %policy.sha256, "trust policy loaded");
     let services = Arc::new(Services::new(config, store, ring, Arc::new(policy)));
     let state = AppState {

@@ -97,7 +97,7 @@ pub fn install(
     let result = try_install(store, data_dir, input, now);
     if let Err(e) = &result
         && let Err(record) =
-            store.record_metadata_failure(unix_ms(now), &format!("{}: {e}", input.source))
+            store.record_metadata_attempt(unix_ms(now), Some(&format!("{}: {e}", input.source)))
     {
         tracing::warn!(error = %record, "could not record the metadata failure");
     }
@@ -132,7 +132,7 @@ pub fn refresh(
     let result = try_refresh(store, data_dir, settings, roots, crls, options, now);
     if let Err(e) = &result
         && let Err(record) =
-            store.record_metadata_failure(unix_ms(now), &refresh_failure(e, settings))
+            store.record_metadata_attempt(unix_ms(now), Some(&refresh_failure(e, settings)))
     {
         tracing::warn!(error = %record, "could not record the metadata failure");
     }
@@ -168,6 +168,7 @@ fn try_refresh(
     };
     let (jwt, validators) = match fetch::fetch(&settings.url, &previous, &options)? {
         Fetched::NotModified { .. } => {
+            store.record_metadata_attempt(unix_ms(now), None)?;
             return Ok(RefreshOutcome::NotModified {
                 no: held.map(|c| c.no),
             });
@@ -187,6 +188,7 @@ fn try_refresh(
         Ok(report) => RefreshOutcome::Installed(report),
         // MDS often serves the same BLOB again without validators.
         Err(MetadataError::Blob(MdsError::NotNewer { held, got })) if held == got => {
+            store.record_metadata_attempt(unix_ms(now), None)?;
             RefreshOutcome::NotModified { no: Some(held) }
         }
         Err(e) => return Err(e),

@@ -508,8 +508,10 @@ pub trait Store: Send + Sync {
     /// The installed catalog and the last refresh attempt (default when
     /// nothing was ever installed).
     fn metadata_status(&self) -> Result<MetadataStatus, StoreError>;
-    /// Records a refresh attempt that failed; the installed catalog stays.
-    fn record_metadata_failure(&self, when_ms: u64, error: &str) -> Result<(), StoreError>;
+    /// Records a refresh attempt that installed nothing: failed with
+    /// `error`, or (`None`) found the installed BLOB still current. The
+    /// installed catalog stays either way.
+    fn record_metadata_attempt(&self, when_ms: u64, error: Option<&str>) -> Result<(), StoreError>;
     fn metadata_by_aaguid(&self, aaguid: &[u8; 16]) -> Result<Option<MetadataEntry>, StoreError>;
     /// By attestation certificate key identifier (hex-decoded).
     fn metadata_by_key_id(&self, key_id: &[u8]) -> Result<Option<MetadataEntry>, StoreError>;

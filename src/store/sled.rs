@@ -1141,8 +1141,8 @@ impl Store for SledStore {
         }
     }
 
-    fn record_metadata_failure(&self, when_ms: u64, error: &str) -> Result<(), StoreError> {
-        let error = bounded_text(error);
+    fn record_metadata_attempt(&self, when_ms: u64, error: Option<&str>) -> Result<(), StoreError> {
+        let error = error.map(bounded_text);
         self.meta
             .transaction(|meta| -> TxResult<()> {
                 let mut status: MetadataStatus = match meta.get(trees::MDS_STATUS_KEY)? {
@@ -1150,7 +1150,7 @@ impl Store for SledStore {
                     None => MetadataStatus::default(),
                 };
                 status.last_attempt_ms = Some(when_ms);
-                status.last_error = Some(error.clone());
+                status.last_error = error.clone();
                 let value = encode_record(&status).map_err(ConflictableTransactionError::Abort)?;
                 meta.insert(trees::MDS_STATUS_KEY, value)?;
                 Ok(())

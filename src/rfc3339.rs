@@ -164,7 +164,7 @@ pub fn format(t: SystemTime) -> String {
     out
 }
 
-/// [`format`] of a unix-milliseconds instant.
+/// [`format()`] of a unix-milliseconds instant.
 pub fn format_ms(ms: u64) -> String {
     format(UNIX_EPOCH + Duration::from_millis(ms))
 }

@@ -337,8 +337,33 @@ fn audit_install(
     actor: &str,
     now: SystemTime,
 ) -> anyhow::Result<()> {
-    AuditLog::new(std::sync::Arc::new(store), CheckpointPolicy::default())
-        .append(&metadata::installed_event(report, source, actor, now), None)?;
+    let store = std::sync::Arc::new(store);
+    let log = AuditLog::new(store.clone(), CheckpointPolicy::default());
+    log.append(&metadata::installed_event(report, source, actor, now), None)?;
+    // Credentials of models this catalog newly refuses are flagged now,
+    // not at some later manual step.
+    let flagged = metadata::flag_newly_refused(
+        store.as_ref(),
+        &log,
+        None,
+        &report.newly_refused,
+        actor,
+        now,
+    )?;
+    for r in &report.newly_refused {
+        eprintln!(
+            "status        {} now {}{}",
+            r.aaguid,
+            r.status,
+            r.model
+                .as_deref()
+                .map(|m| format!(" ({m})"))
+                .unwrap_or_default()
+        );
+    }
+    if flagged > 0 {
+        eprintln!("flagged       {flagged} credential(s) of newly refused models");
+    }
     Ok(())
 }
 

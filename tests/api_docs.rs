@@ -309,7 +309,7 @@ fn openapi_document_is_consistent() {
         );
     }
     let ops = operations(&doc);
-    assert_eq!(ops.len(), 11);
+    assert_eq!(ops.len(), 12);
     for (path, method, op) in &ops {
         let what = format!("{method} {path}");
         let roles = roles_of(op);

@@ -198,7 +198,14 @@ fn the_production_blob_installs_and_is_looked_up_by_aaguid() {
         .iter()
         .map(|e| decode_body(&e.body).expect("event").event)
         .collect();
-    assert_eq!(events, ["mds.installed", "mds.installed"]);
+    // The conformance BLOB newly refuses 8 models (compromise and bypass
+    // reports); each status change is audited after its install.
+    assert_eq!(&events[..2], ["mds.installed", "mds.installed"]);
+    assert_eq!(events.len(), 10, "{events:?}");
+    assert!(
+        events[2..].iter().all(|e| e == "mds.status_changed"),
+        "{events:?}"
+    );
 }
 
 #[test]

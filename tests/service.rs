@@ -398,7 +398,8 @@ fn refusals_name_the_field_and_never_500() {
 #[test]
 fn every_route_refuses_the_wrong_role() {
     let server = SignetServer::start();
-    let routes: [(&str, &str, &[&str]); 9] = [
+    let routes: [(&str, &str, &[&str]); 10] = [
+        ("GET", "/v1/events", &["rp"]),
         ("POST", "/v1/registrations/options", &["rp"]),
         ("POST", "/v1/registrations/verify", &["rp"]),
         ("POST", "/v1/authentications/options", &["rp"]),

@@ -291,6 +291,20 @@ async fn mds_timer(
                 if let Err(e) = s.audit.append(&event, Some(&s.keys)) {
                     tracing::error!(error = %e, no = report.no, "MDS install not audited");
                 }
+                match metadata::flag_newly_refused(
+                    s.store.as_ref(),
+                    &s.audit,
+                    Some(&s.keys),
+                    &report.newly_refused,
+                    MDS_ACTOR,
+                    now,
+                ) {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::warn!(flagged = n, "credentials of newly refused models flagged")
+                    }
+                    Err(e) => tracing::error!(error = %e, "flagging newly refused models failed"),
+                }
             }
             Ok::<_, metadata::MetadataError>(outcome)
         })

@@ -20,6 +20,7 @@ use crate::mds::crl::Crl;
 use crate::mds::fetch::{self, FetchError, FetchOptions, Fetched, Validators};
 use crate::mds::stored::Known;
 use crate::mds::{MdsError, stored};
+use crate::policy::metadata::refusing_status;
 use crate::store::{CatalogInfo, MetadataEntry, Store, StoreError, limits};
 use crate::webauthn::certpath::{self, Cert};
 use crate::webauthn::registration::AttestationObject;
@@ -57,6 +58,21 @@ pub enum MetadataError {
         path: PathBuf,
         reason: String,
     },
+    /// Recording a status change or a flagged credential failed.
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditLogError),
+}
+
+/// A model whose metadata newly reports a status that refuses it
+/// (compromise, UV bypass, REVOKED): not refused by the catalog before.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NewlyRefused {
+    pub aaguid: String,
+    #[serde(skip)]
+    pub aaguid_bytes: [u8; 16],
+    pub status: String,
+    pub effective_date: Option<String>,
+    pub model: Option<String>,
 }
 
 /// What an installation did.
@@ -71,6 +87,9 @@ pub struct InstallReport {
     /// Accepted but noted: attestation roots left out of their statement.
     pub warnings: Vec<String>,
     pub saved_to: PathBuf,
+    /// Models this catalog refuses that the previous one did not; their
+    /// credentials are flagged by [`flag_newly_refused`].
+    pub newly_refused: Vec<NewlyRefused>,
 }
 
 /// A BLOB to install and what to verify it with.
@@ -343,6 +362,7 @@ fn try_install(
         .iter()
         .map(stored_entry)
         .collect::<Result<Vec<_>, _>>()?;
+    let newly_refused = newly_refused(store, &entries)?;
     let info = CatalogInfo {
         no: blob.no,
         next_update_ms: unix_ms(blob.next_update_time),
@@ -354,11 +374,114 @@ fn try_install(
     store.replace_metadata(&info, &entries)?;
     let saved_to = data_dir.join(LAST_GOOD);
     save_atomically(&saved_to, jwt)?;
-    Ok(report(&blob, previous_no, saved_to))
+    let mut report = report(&blob, previous_no, saved_to);
+    report.newly_refused = newly_refused;
+    Ok(report)
+}
+
+/// The models `entries` refuse that the installed catalog does not (read
+/// before it is replaced): the status diff of an update.
+pub fn newly_refused(
+    store: &dyn Store,
+    entries: &[MetadataEntry],
+) -> Result<Vec<NewlyRefused>, MetadataError> {
+    let mut out = Vec::new();
+    for e in entries {
+        let Some(aaguid) = e
+            .aaguid
+            .as_deref()
+            .and_then(|a| <[u8; 16]>::try_from(a).ok())
+        else {
+            continue;
+        };
+        let known = Known::decode(&e.entry)?;
+        let Some((status, date)) = refusing_status(&known) else {
+            continue;
+        };
+        let before = match store.metadata_by_aaguid(&aaguid)? {
+            Some(old) => refusing_status(&Known::decode(&old.entry)?).is_some(),
+            None => false,
+        };
+        if !before {
+            out.push(NewlyRefused {
+                aaguid: crate::webauthn::uuid_text(&aaguid),
+                aaguid_bytes: aaguid,
+                status: status.clone(),
+                effective_date: date.clone(),
+                model: known.description.clone(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Reacts to a catalog update without manual steps: every credential of a
+/// newly refused model is flagged (refused at authentication from then on)
+/// and each change is audited, which is also what `GET /v1/events` serves
+/// to core banking. Registrations of those models are already refused by
+/// the registration policy, which reads the installed catalog. Returns how
+/// many credentials were flagged.
+pub fn flag_newly_refused(
+    store: &dyn Store,
+    audit: &crate::audit::AuditLog,
+    ring: Option<&crate::keys::KeyRing>,
+    refused: &[NewlyRefused],
+    actor: &str,
+    now: SystemTime,
+) -> Result<usize, MetadataError> {
+    let now_ms = unix_ms(now);
+    let mut flagged = 0;
+    for r in refused {
+        let model = r.model.as_deref().unwrap_or("this authenticator model");
+        let reason = format!(
+            "FIDO metadata reports {} for {model}{}",
+            r.status,
+            r.effective_date
+                .as_deref()
+                .map(|d| format!(" (effective {d})"))
+                .unwrap_or_default()
+        );
+        audit.append(
+            &AuditEvent::new(now_ms, actor, "mds.status_changed", r.aaguid.clone()).with_detail(
+                serde_json::json!({
+                    "aaguid": r.aaguid, "status": r.status,
+                    "effectiveDate": r.effective_date, "model": r.model,
+                }),
+            ),
+            ring,
+        )?;
+        for id in store.credential_ids_with_aaguid(&r.aaguid_bytes)? {
+            let Some(credential) = store.credential(&id)? else {
+                continue;
+            };
+            if credential.flagged.is_some() {
+                continue;
+            }
+            store.set_credential_flag(&id, Some(&reason))?;
+            audit.append(
+                &AuditEvent::new(
+                    now_ms,
+                    actor,
+                    "credential.flagged",
+                    crate::webauthn::b64url(&id),
+                )
+                .with_detail(serde_json::json!({
+                    "credentialId": crate::webauthn::b64url(&id),
+                    "userId": crate::webauthn::b64url(&credential.user_id),
+                    "aaguid": r.aaguid,
+                    "reason": reason,
+                })),
+                ring,
+            )?;
+            flagged += 1;
+        }
+    }
+    Ok(flagged)
 }
 
 fn report(blob: &Blob, previous_no: Option<u64>, saved_to: PathBuf) -> InstallReport {
     InstallReport {
+        newly_refused: Vec::new(),
         no: blob.no,
         next_update: blob.next_update.clone(),
         entries: blob.entries().len(),

@@ -65,17 +65,22 @@ fn mds_algorithms(alg: CoseAlgorithm) -> &'static [&'static str] {
     }
 }
 
+/// The first report in a model's history that refuses it, if any: what
+/// registration refuses and what a catalog update flags credentials for.
+pub fn refusing_status(known: &Known) -> Option<&(String, Option<String>)> {
+    known
+        .statuses
+        .iter()
+        .find(|(s, _)| REFUSED_STATUSES.contains(&s.as_str()))
+}
+
 /// Checks a verified registration against its model's metadata.
 pub fn check_registration(known: &Known, reg: &Registration) -> Result<(), Error> {
     let model = known
         .description
         .as_deref()
         .unwrap_or("this authenticator model");
-    if let Some((status, date)) = known
-        .statuses
-        .iter()
-        .find(|(s, _)| REFUSED_STATUSES.contains(&s.as_str()))
-    {
+    if let Some((status, date)) = refusing_status(known) {
         return Err(Error::policy(
             FIELD,
             format!(

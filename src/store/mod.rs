@@ -418,6 +418,10 @@ pub trait Store: Send + Sync {
     ) -> Result<(), StoreError>;
     /// Sets or clears the credential's flag (`NotFound` if absent).
     fn set_credential_flag(&self, id: &[u8], reason: Option<&str>) -> Result<(), StoreError>;
+    /// Ids of every credential of an authenticator model. A scan in the
+    /// embedded backend: it runs when the metadata catalog changes (daily at
+    /// most), never on a request path.
+    fn credential_ids_with_aaguid(&self, aaguid: &[u8; 16]) -> Result<Vec<Vec<u8>>, StoreError>;
 
     // ---- one-time objects ----
 

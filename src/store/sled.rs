@@ -804,6 +804,18 @@ impl Store for SledStore {
         })
     }
 
+    fn credential_ids_with_aaguid(&self, aaguid: &[u8; 16]) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut ids = Vec::new();
+        for item in self.credentials.iter() {
+            let (key, bytes) = item?;
+            let record: CredentialRecord = decode_record(trees::CREDENTIALS, &key, &bytes)?;
+            if &record.aaguid == aaguid {
+                ids.push(record.id);
+            }
+        }
+        Ok(ids)
+    }
+
     fn set_credential_flag(&self, id: &[u8], reason: Option<&str>) -> Result<(), StoreError> {
         check_credential_id(id)?;
         check_flag_reason(reason)?;

@@ -71,7 +71,9 @@ impl SignetServer {
         server
     }
 
-    fn spawn(&mut self) {
+    /// Starts the server again after [`SignetServer::stop`], on the same
+    /// config, store and token.
+    pub fn spawn(&mut self) {
         let mut child = Command::new(signet_bin())
             .args(["serve", "--config"])
             .arg(&self.config)

@@ -3,5 +3,6 @@
 pub mod audit;
 pub mod ceremonies;
 pub mod credentials;
+pub mod events;
 pub mod keys;
 pub mod ops;

@@ -181,6 +181,51 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathText {
     }
 }
 
+/// One whole-number query parameter: its name, default and allowed range.
+pub struct NumberParam {
+    pub name: &'static str,
+    pub default: u64,
+    pub min: u64,
+    pub max: u64,
+}
+
+/// Reads whole-number query parameters by `spec`, in `spec`'s order. An
+/// unknown parameter, a repeated one or a value out of range is a problem
+/// naming it.
+pub fn number_query(query: Option<&str>, spec: &[NumberParam]) -> Result<Vec<u64>, Problem> {
+    let mut values: Vec<Option<u64>> = vec![None; spec.len()];
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let Some(i) = spec.iter().position(|p| p.name == k) else {
+            let names: Vec<&str> = spec.iter().map(|p| p.name).collect();
+            return Err(Problem::invalid(
+                crate::flows::truncate(k, 64),
+                format!("unknown query parameter; expected {}", names.join(", ")),
+            ));
+        };
+        let p = &spec[i];
+        if values[i].is_some() {
+            return Err(Problem::invalid(p.name, "given twice"));
+        }
+        let n = v
+            .parse::<u64>()
+            .ok()
+            .filter(|n| (p.min..=p.max).contains(n))
+            .ok_or_else(|| {
+                Problem::invalid(
+                    p.name,
+                    format!("must be a whole number from {} to {}", p.min, p.max),
+                )
+            })?;
+        values[i] = Some(n);
+    }
+    Ok(values
+        .iter()
+        .zip(spec)
+        .map(|(v, p)| v.unwrap_or(p.default))
+        .collect())
+}
+
 /// A JSON request body: `application/json`, at most `body_limit` bytes,
 /// syntactically valid. Its shape is checked by the flow, member by member.
 pub struct JsonBody(pub Value);

@@ -10,7 +10,7 @@ use axum::routing::get;
 use serde_json::{Value, json};
 
 use crate::api::problem::Problem;
-use crate::api::{AppState, allow, blocking, ok};
+use crate::api::{AppState, NumberParam, allow, blocking, number_query, ok};
 use crate::audit::{decode_body, hex};
 use crate::flows::FlowError;
 use crate::identity::ApiRole;
@@ -26,34 +26,24 @@ pub fn router() -> Router<AppState> {
 
 /// `from` (default 1) and `limit` (default 100, at most [`PAGE_MAX`]).
 fn parse_query(query: Option<&str>) -> Result<(u64, usize), Problem> {
-    let mut from = 1u64;
-    let mut limit = 100usize;
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        match k {
-            "from" => {
-                from = v
-                    .parse()
-                    .ok()
-                    .filter(|n| *n >= 1)
-                    .ok_or_else(|| Problem::invalid("from", "must be a sequence number >= 1"))?
-            }
-            "limit" => {
-                limit = v
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=PAGE_MAX).contains(n))
-                    .ok_or_else(|| Problem::invalid("limit", format!("must be 1 to {PAGE_MAX}")))?
-            }
-            other => {
-                return Err(Problem::invalid(
-                    crate::flows::truncate(other, 64),
-                    "unknown query parameter; expected from, limit",
-                ));
-            }
-        }
-    }
-    Ok((from, limit))
+    let v = number_query(
+        query,
+        &[
+            NumberParam {
+                name: "from",
+                default: 1,
+                min: 1,
+                max: u64::MAX,
+            },
+            NumberParam {
+                name: "limit",
+                default: 100,
+                min: 1,
+                max: PAGE_MAX as u64,
+            },
+        ],
+    )?;
+    Ok((v[0], v[1] as usize))
 }
 
 async fn page(

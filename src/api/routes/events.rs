@@ -17,7 +17,7 @@ use axum::routing::get;
 use serde_json::{Value, json};
 
 use crate::api::problem::Problem;
-use crate::api::{AppState, allow, blocking, ok};
+use crate::api::{AppState, NumberParam, allow, blocking, number_query, ok};
 use crate::audit::decode_body;
 use crate::flows::FlowError;
 use crate::identity::ApiRole;
@@ -34,33 +34,26 @@ pub fn router() -> Router<AppState> {
         .route_layer(middleware::from_fn(allow(&[ApiRole::Rp])))
 }
 
+/// `after` (default 0) and `limit` (default 100, at most `LIMIT_MAX`).
 fn parse_query(query: Option<&str>) -> Result<(u64, usize), Problem> {
-    let mut after = 0u64;
-    let mut limit = 100usize;
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        match k {
-            "after" => {
-                after = v
-                    .parse()
-                    .map_err(|_| Problem::invalid("after", "must be a cursor (a whole number)"))?
-            }
-            "limit" => {
-                limit = v
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=LIMIT_MAX).contains(n))
-                    .ok_or_else(|| Problem::invalid("limit", format!("must be 1 to {LIMIT_MAX}")))?
-            }
-            other => {
-                return Err(Problem::invalid(
-                    crate::flows::truncate(other, 64),
-                    "unknown query parameter; expected after, limit",
-                ));
-            }
-        }
-    }
-    Ok((after, limit))
+    let v = number_query(
+        query,
+        &[
+            NumberParam {
+                name: "after",
+                default: 0,
+                min: 0,
+                max: u64::MAX,
+            },
+            NumberParam {
+                name: "limit",
+                default: 100,
+                min: 1,
+                max: LIMIT_MAX as u64,
+            },
+        ],
+    )?;
+    Ok((v[0], v[1] as usize))
 }
 
 async fn feed(
@@ -112,7 +105,14 @@ mod tests {
     fn query_defaults_and_bounds() {
         assert_eq!(parse_query(None).ok(), Some((0, 100)));
         assert_eq!(parse_query(Some("after=7&limit=3")).ok(), Some((7, 3)));
-        for bad in ["after=-1", "after=x", "limit=0", "limit=501", "from=1"] {
+        for bad in [
+            "after=-1",
+            "after=x",
+            "limit=0",
+            "limit=501",
+            "from=1",
+            "after=1&after=2",
+        ] {
             assert!(parse_query(Some(bad)).is_err(), "{bad}");
         }
     }

@@ -714,15 +714,7 @@ where
 }
 
 /// Lowercase hex, as hashes are shown to auditors.
-pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
-    }
-    out
-}
+pub use crate::hex::encode as hex;
 
 fn check_event(event: &AuditEvent) -> Result<(), AuditError> {
     let bad = |m: String| Err(AuditError::InvalidEvent(m));

@@ -802,12 +802,8 @@ fn client_rule(c: RawClient, i: usize) -> Result<ClientRule, ConfigError> {
 pub fn parse_pin(text: &str) -> Option<[u8; 32]> {
     use base64::Engine;
     let hex: String = text.chars().filter(|c| *c != ':').collect();
-    if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        let mut out = [0u8; 32];
-        for (i, o) in out.iter_mut().enumerate() {
-            *o = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
-        }
-        return Some(out);
+    if hex.len() == 64 {
+        return crate::hex::decode(&hex)?.try_into().ok();
     }
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(text.trim_end_matches('='))

@@ -3,6 +3,7 @@ pub mod audit;
 pub mod config;
 pub mod conformance_proxy;
 pub mod flows;
+pub mod hex;
 pub mod identity;
 pub mod keys;
 pub mod mds;

@@ -269,7 +269,11 @@ pub fn run(command: MdsCommand, actor: &str) -> anyhow::Result<()> {
             store,
             json,
         } => {
-            let bytes = parse_aaguid(&aaguid)?;
+            let bytes = signet::webauthn::parse_uuid(&aaguid).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "AAGUID {aaguid:?}: expected a UUID such as 08987058-cadc-4b81-b6e1-30de50dcbe96"
+                )
+            })?;
             let (_, store) = store.open(false)?;
             let Some(entry) = store.metadata_by_aaguid(&bytes)? else {
                 anyhow::bail!("no metadata entry for AAGUID {aaguid}");
@@ -442,24 +446,6 @@ fn print_install(report: &InstallReport, json: bool) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// A UUID with or without dashes, any case.
-fn parse_aaguid(text: &str) -> anyhow::Result<[u8; 16]> {
-    let hex: String = text.chars().filter(|c| *c != '-').collect();
-    let bad = || {
-        anyhow::anyhow!(
-            "AAGUID {text:?}: expected a UUID such as 08987058-cadc-4b81-b6e1-30de50dcbe96"
-        )
-    };
-    if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(bad());
-    }
-    let mut out = [0u8; 16];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
-    }
-    Ok(out)
 }
 
 fn entry_text(doc: &Value) -> String {

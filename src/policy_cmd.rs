@@ -5,8 +5,9 @@ use std::path::PathBuf;
 use clap::Subcommand;
 use serde_json::json;
 use signet::mds::stored::Known;
-use signet::policy::tiers::{Policy, TierInput, parse_uuid};
+use signet::policy::tiers::{Policy, TierInput};
 use signet::store::{SledStore, Store};
+use signet::webauthn::parse_uuid;
 
 #[derive(Subcommand)]
 pub enum PolicyCommand {

@@ -18,7 +18,7 @@ use common::server::{ORIGIN, RP_ID, SignetServer, signet_bin};
 const COMPROMISED: &str = "3124626c-73ba-4001-9924-4910d31b4b80";
 
 fn aaguid(text: &str) -> [u8; 16] {
-    signet::policy::tiers::parse_uuid(text).expect("uuid")
+    signet::webauthn::parse_uuid(text).expect("uuid")
 }
 
 fn challenge_of(options: &Value) -> Vec<u8> {

@@ -932,9 +932,7 @@ fn parse_uuid(field: &str, text: &str) -> Result<[u8; 16], MdsError> {
     if b.len() != 36 || [8, 13, 18, 23].iter().any(|&i| b[i] != b'-') {
         return Err(bad());
     }
-    let hex: String = text.chars().filter(|c| *c != '-').collect();
-    let bytes = decode_hex(&hex).ok_or_else(bad)?;
-    let aaguid: [u8; 16] = bytes.try_into().map_err(|_| bad())?;
+    let aaguid = crate::webauthn::parse_uuid(text).ok_or_else(bad)?;
     if aaguid == [0; 16] {
         return Err(MdsError::payload(
             field,
@@ -942,19 +940,6 @@ fn parse_uuid(field: &str, text: &str) -> Result<[u8; 16], MdsError> {
         ));
     }
     Ok(aaguid)
-}
-
-fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
-        return None;
-    }
-    text.as_bytes()
-        .chunks(2)
-        .map(|pair| {
-            let digit = |c: u8| char::from(c).to_digit(16);
-            Some((digit(pair[0])? * 16 + digit(pair[1])?) as u8)
-        })
-        .collect()
 }
 
 fn check_aaid(field: &str, text: &str) -> Result<String, MdsError> {
@@ -1075,7 +1060,7 @@ fn parse_entry(index: usize, value: Value) -> Result<Entry, MdsError> {
             let Value::String(text) = v else {
                 return Err(MdsError::payload(field, "expected a hex string"));
             };
-            match decode_hex(text) {
+            match crate::hex::decode(text) {
                 Some(id) if !id.is_empty() && id.len() <= limits::KEY_IDENTIFIER => Ok(id),
                 _ => Err(MdsError::payload(
                     field,
@@ -1275,10 +1260,10 @@ mod tests {
         ] {
             assert!(check_aaid("f", bad).is_err(), "{bad}");
         }
-        assert_eq!(decode_hex("00fFa0"), Some(vec![0, 0xff, 0xa0]));
-        assert_eq!(decode_hex("abc"), None);
-        assert_eq!(decode_hex("zz"), None);
-        assert_eq!(decode_hex("+1"), None);
+        assert_eq!(crate::hex::decode("00fFa0"), Some(vec![0, 0xff, 0xa0]));
+        assert_eq!(crate::hex::decode("abc"), None);
+        assert_eq!(crate::hex::decode("zz"), None);
+        assert_eq!(crate::hex::decode("+1"), None);
     }
 
     #[test]

@@ -66,7 +66,7 @@ pub fn encode(e: &Entry) -> Result<Vec<u8>, MdsError> {
 pub fn key_id_texts(e: &Entry) -> Vec<String> {
     e.attestation_certificate_key_identifiers
         .iter()
-        .map(|k| k.iter().map(|b| format!("{b:02x}")).collect())
+        .map(|k| crate::hex::encode(k))
         .collect()
 }
 

@@ -218,7 +218,7 @@ impl Policy {
         for v in raw.aaguid {
             let span = v.span();
             let v = v.into_inner();
-            let id = parse_uuid(&v.aaguid)
+            let id = crate::webauthn::parse_uuid(&v.aaguid)
                 .ok_or_else(|| at(span.clone(), format!("aaguid {:?} is not a UUID", v.aaguid)))?;
             if let Some(t) = v.tier
                 && !(1..=4).contains(&t)
@@ -432,19 +432,6 @@ pub struct Assessment {
     pub tier: u8,
     pub reasons: Vec<String>,
     pub denied: bool,
-}
-
-/// A UUID with or without dashes, any case.
-pub fn parse_uuid(text: &str) -> Option<[u8; 16]> {
-    let hex: String = text.chars().filter(|c| *c != '-').collect();
-    if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    let mut out = [0u8; 16];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
 }
 
 #[cfg(test)]

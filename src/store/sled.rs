@@ -1179,7 +1179,7 @@ impl Store for SledStore {
         if key_id.is_empty() || key_id.len() > super::limits::KEY_ID_MAX {
             return Ok(None);
         }
-        let text = hex_lower(key_id);
+        let text = crate::hex::encode(key_id);
         self.metadata_lookup(&|generation| mds_key(b'k', generation, text.as_bytes()))
     }
 
@@ -1195,10 +1195,6 @@ fn mds_key(tag: u8, generation: u64, rest: &[u8]) -> Vec<u8> {
     key.extend_from_slice(&generation.to_be_bytes());
     key.extend_from_slice(rest);
     key
-}
-
-fn hex_lower(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -382,7 +382,49 @@ pub fn uuid_text(b: &[u8; 16]) -> String {
     )
 }
 
+/// The 16 bytes of UUID text, dashes optional, either case; the inverse of
+/// [`uuid_text`]. `None` for anything else (signs and stray characters
+/// included).
+pub fn parse_uuid(text: &str) -> Option<[u8; 16]> {
+    let digits: Vec<u32> = text
+        .chars()
+        .filter(|c| *c != '-')
+        .map(|c| c.to_digit(16))
+        .collect::<Option<_>>()?;
+    if digits.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (o, pair) in out.iter_mut().zip(digits.chunks(2)) {
+        *o = (pair[0] * 16 + pair[1]) as u8;
+    }
+    Some(out)
+}
+
 /// Compares two byte strings in time independent of where they differ.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && aws_lc_rs::constant_time::verify_slices_are_equal(a, b).is_ok()
+}
+
+#[cfg(test)]
+mod uuid_tests {
+    use super::*;
+
+    #[test]
+    fn uuid_text_and_parse_uuid_are_inverse() {
+        let b: [u8; 16] = core::array::from_fn(|i| (i * 17) as u8);
+        let text = uuid_text(&b);
+        assert_eq!(text, "00112233-4455-6677-8899-aabbccddeeff");
+        assert_eq!(parse_uuid(&text), Some(b));
+        assert_eq!(parse_uuid(&text.replace('-', "").to_uppercase()), Some(b));
+        for bad in [
+            "",
+            "zz",
+            &text[1..],
+            &format!("{text}0"),
+            "+0112233-4455-6677-8899-aabbccddeeff",
+        ] {
+            assert_eq!(parse_uuid(bad), None, "{bad}");
+        }
+    }
 }

@@ -14,7 +14,6 @@
 //! runs exactly this validation, including that the certificate, key, CA and
 //! CRL files parse, and exits.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -22,10 +21,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::identity::{ApiRole, ClientRule};
-use crate::webauthn::options::{
-    AttestationConveyance, ResidentKeyRequirement, TIMEOUT_MAX_MS, TIMEOUT_MIN_MS,
-};
-use crate::webauthn::{CoseAlgorithm, UserVerification};
+use crate::webauthn::CoseAlgorithm;
+use crate::webauthn::options::{TIMEOUT_MAX_MS, TIMEOUT_MIN_MS};
 
 /// Largest configuration file read (it is small; anything bigger is a mistake).
 pub const CONFIG_MAX: u64 = 1024 * 1024;
@@ -65,8 +62,8 @@ pub struct Config {
     pub mds: Option<MdsSettings>,
     /// The trust policy file; `None` uses the built-in default policy.
     pub policy: Option<PathBuf>,
-    /// Per-action ceremony requirements; always holds at least `default`.
-    pub actions: BTreeMap<String, ActionSettings>,
+    /// How often the policy file is checked for changes.
+    pub policy_reload_interval: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -153,23 +150,6 @@ pub struct MdsSettings {
     pub crls: Vec<PathBuf>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ActionSettings {
-    pub user_verification: UserVerification,
-    pub resident_key: ResidentKeyRequirement,
-    pub attestation: AttestationConveyance,
-}
-
-impl Default for ActionSettings {
-    fn default() -> ActionSettings {
-        ActionSettings {
-            user_verification: UserVerification::Preferred,
-            resident_key: ResidentKeyRequirement::Preferred,
-            attestation: AttestationConveyance::None,
-        }
-    }
-}
-
 // ---- the file as written ----
 
 #[derive(Deserialize, Default)]
@@ -190,8 +170,8 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     log: RawLog,
-    #[serde(default)]
-    actions: BTreeMap<String, RawAction>,
+    /// Moved to the policy file; present only to say so.
+    actions: Option<toml::Value>,
     mds: Option<RawMds>,
     policy: Option<RawPolicy>,
 }
@@ -211,6 +191,7 @@ struct RawMds {
 #[serde(deny_unknown_fields)]
 struct RawPolicy {
     file: Option<String>,
+    reload_interval_s: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -292,14 +273,6 @@ struct RawLimits {
 struct RawLog {
     format: Option<String>,
     level: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAction {
-    user_verification: Option<String>,
-    resident_key: Option<String>,
-    attestation: Option<String>,
 }
 
 /// Environment overrides, passed in so tests need not touch the process
@@ -664,23 +637,26 @@ fn build(
     let log = LogSettings { json, level };
 
     let mds = raw.mds.map(|m| mds_settings(m, base)).transpose()?;
-    let policy = raw
-        .policy
-        .map(|p| resolve(base, &required(p.file, "policy.file")?, "policy.file"))
-        .transpose()?;
+    let (policy, policy_reload_interval) = match raw.policy {
+        Some(p) => (
+            Some(resolve(
+                base,
+                &required(p.file, "policy.file")?,
+                "policy.file",
+            )?),
+            ranged(p.reload_interval_s, 5, "policy.reload_interval_s", 1, 3600)?,
+        ),
+        None => (None, 5),
+    };
+    let policy_reload_interval = Duration::from_secs(policy_reload_interval);
 
-    let mut actions = BTreeMap::new();
-    for (name, a) in raw.actions {
-        let key = format!("actions.{name}");
-        if !valid_action_name(&name) {
-            return Err(ConfigError::new(
-                key,
-                "action names are 1 to 64 characters of a-z, 0-9, '-', '_', '.'",
-            ));
-        }
-        actions.insert(name, action(a, &key)?);
+    if raw.actions.is_some() {
+        return Err(ConfigError::new(
+            "actions",
+            "actions are defined in the trust policy file now ([policy] file; see docs/policy.md), \
+             so that they are versioned, reloaded and audited with the tiers",
+        ));
     }
-    actions.entry("default".to_string()).or_default();
 
     Ok(Config {
         source: source.to_path_buf(),
@@ -695,7 +671,7 @@ fn build(
         log,
         mds,
         policy,
-        actions,
+        policy_reload_interval,
     })
 }
 
@@ -733,16 +709,6 @@ fn mds_settings(m: RawMds, base: &Path) -> Result<MdsSettings, ConfigError> {
         root: m.root.map(|r| resolve(base, &r, "mds.root")).transpose()?,
         crls,
     })
-}
-
-/// Action names arrive in requests; they are checked against this shape
-/// before they are looked up or logged.
-pub fn valid_action_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
 }
 
 fn client_rule(c: RawClient, i: usize) -> Result<ClientRule, ConfigError> {
@@ -869,52 +835,6 @@ fn validate_origin(origin: &str, rp_id: &str, key: &str) -> Result<(), ConfigErr
     Ok(())
 }
 
-fn action(a: RawAction, key: &str) -> Result<ActionSettings, ConfigError> {
-    let d = ActionSettings::default();
-    let user_verification = match a.user_verification.as_deref() {
-        None => d.user_verification,
-        Some("required") => UserVerification::Required,
-        Some("preferred") => UserVerification::Preferred,
-        Some("discouraged") => UserVerification::Discouraged,
-        Some(o) => {
-            return Err(ConfigError::new(
-                format!("{key}.user_verification"),
-                format!("{o:?} is not required, preferred or discouraged"),
-            ));
-        }
-    };
-    let resident_key = match a.resident_key.as_deref() {
-        None => d.resident_key,
-        Some("required") => ResidentKeyRequirement::Required,
-        Some("preferred") => ResidentKeyRequirement::Preferred,
-        Some("discouraged") => ResidentKeyRequirement::Discouraged,
-        Some(o) => {
-            return Err(ConfigError::new(
-                format!("{key}.resident_key"),
-                format!("{o:?} is not required, preferred or discouraged"),
-            ));
-        }
-    };
-    let attestation = match a.attestation.as_deref() {
-        None => d.attestation,
-        Some("none") => AttestationConveyance::None,
-        Some("indirect") => AttestationConveyance::Indirect,
-        Some("direct") => AttestationConveyance::Direct,
-        Some("enterprise") => AttestationConveyance::Enterprise,
-        Some(o) => {
-            return Err(ConfigError::new(
-                format!("{key}.attestation"),
-                format!("{o:?} is not none, indirect, direct or enterprise"),
-            ));
-        }
-    };
-    Ok(ActionSettings {
-        user_verification,
-        resident_key,
-        attestation,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -969,7 +889,6 @@ profile = "/etc/signet/hsm.toml"
         assert_eq!(c.keys.profile, Path::new("/etc/signet/hsm.toml"));
         assert_eq!(c.rp.name, "bank.example");
         assert_eq!(c.rp.ceremony_timeout_ms, 300_000);
-        assert!(c.actions.contains_key("default"));
         assert_eq!(c.clients[0].role, ApiRole::Rp);
         assert!(!c.log.json);
     }
@@ -1051,12 +970,8 @@ profile = "/etc/signet/hsm.toml"
                 "log.format",
             ),
             (
-                format!("{MINIMAL}\n[actions.pay]\nuser_verification = \"always\"\n"),
-                "actions.pay.user_verification",
-            ),
-            (
-                format!("{MINIMAL}\n[actions.\"Pay Now\"]\n"),
-                "actions.Pay Now",
+                format!("{MINIMAL}\n[actions.pay]\nuser_verification = \"required\"\n"),
+                "actions",
             ),
             (
                 MINIMAL.replace("origins = [", "algorithms = [\"ES257\"]\norigins = ["),
@@ -1107,9 +1022,9 @@ profile = "/etc/signet/hsm.toml"
     }
 
     #[test]
-    fn actions_and_algorithms() {
+    fn algorithms() {
         let text = format!(
-            "{}\n[actions.payment]\nuser_verification = \"required\"\nattestation = \"direct\"\n",
+            "{}\n",
             MINIMAL.replace(
                 "origins = [",
                 "algorithms = [\"ES256\", \"RS1\", \"ES256\"]\norigins = ["
@@ -1117,11 +1032,6 @@ profile = "/etc/signet/hsm.toml"
         );
         let c = parse(&text).expect("config");
         assert_eq!(c.rp.algorithms, [CoseAlgorithm::Es256, CoseAlgorithm::Rs1]);
-        let pay = &c.actions["payment"];
-        assert_eq!(pay.user_verification, UserVerification::Required);
-        assert_eq!(pay.attestation, AttestationConveyance::Direct);
-        assert_eq!(pay.resident_key, ResidentKeyRequirement::Preferred);
-        assert_eq!(c.actions["default"], ActionSettings::default());
     }
 
     #[test]

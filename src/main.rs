@@ -75,7 +75,8 @@ enum Command {
     /// data directory (with the service stopped).
     #[command(subcommand)]
     Mds(mds_cmd::MdsCommand),
-    /// The trust policy file: check it, and explain the tier a model earns.
+    /// The trust policy file: check it, explain the tier a model earns, and
+    /// simulate a new policy against the stored credentials.
     #[command(subcommand)]
     Policy(policy_cmd::PolicyCommand),
     /// Measure the engine's verification rate on this machine (one thread)

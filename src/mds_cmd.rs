@@ -113,7 +113,7 @@ pub struct StoreArgs {
 }
 
 impl StoreArgs {
-    fn dir(&self) -> anyhow::Result<PathBuf> {
+    pub(crate) fn dir(&self) -> anyhow::Result<PathBuf> {
         match (&self.data_dir, self.config()?) {
             (Some(d), _) => Ok(d.clone()),
             (None, Some(config)) => Ok(config.store.data_dir),
@@ -122,7 +122,7 @@ impl StoreArgs {
     }
 
     /// The configuration, when --config is given.
-    fn config(&self) -> anyhow::Result<Option<Config>> {
+    pub(crate) fn config(&self) -> anyhow::Result<Option<Config>> {
         self.config
             .as_ref()
             .map(|c| {
@@ -133,7 +133,7 @@ impl StoreArgs {
     }
 
     /// Opens the store; `create` only for commands that install.
-    fn open(&self, create: bool) -> anyhow::Result<(PathBuf, SledStore)> {
+    pub(crate) fn open(&self, create: bool) -> anyhow::Result<(PathBuf, SledStore)> {
         let dir = self.dir()?;
         if !create && !dir.join("db").is_file() {
             anyhow::bail!("--data-dir {}: no signet store there", dir.display());

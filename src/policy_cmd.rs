@@ -9,6 +9,8 @@ use signet::policy::tiers::{Policy, TierInput};
 use signet::store::{SledStore, Store};
 use signet::webauthn::parse_uuid;
 
+use crate::mds_cmd::StoreArgs;
+
 #[derive(Subcommand)]
 pub enum PolicyCommand {
     /// Validate a policy file: exit 0 and print its version and SHA-256, or
@@ -41,6 +43,28 @@ pub enum PolicyCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Which stored credentials would change tier or decision under a new
+    /// policy, before it is deployed (with the service stopped; on a
+    /// running service, POST /v1/policy/simulation does the same).
+    #[command(after_help = "Examples:\n  \
+        signet policy simulate new-policy.toml --config /etc/signet/signet.toml\n  \
+        signet policy simulate new.toml --current old.toml --data-dir /var/lib/signet --json")]
+    Simulate {
+        /// The candidate policy file.
+        file: PathBuf,
+        /// The policy to compare with. Default: the --config file's
+        /// [policy] file, else the built-in policy.
+        #[arg(long, value_name = "FILE")]
+        current: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Changed credentials listed (all are counted).
+        #[arg(long, value_name = "N", default_value_t = 50)]
+        limit: usize,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn load(policy: Option<&PathBuf>) -> anyhow::Result<Policy> {
@@ -63,6 +87,7 @@ pub fn run(command: PolicyCommand) -> anyhow::Result<()> {
                         "sha256": p.sha256,
                         "registration": p.registration.iter().map(|a| a.as_str()).collect::<Vec<_>>(),
                         "aaguids": p.aaguids.len(),
+                        "actions": p.actions.keys().collect::<Vec<_>>(),
                     }))?
                 );
             } else {
@@ -73,6 +98,44 @@ pub fn run(command: PolicyCommand) -> anyhow::Result<()> {
                     println!("  tier {}    {}", i + 1, a.as_str());
                 }
                 println!("  aaguids   {} vouched for or denied", p.aaguids.len());
+                for (name, a) in &p.actions {
+                    println!(
+                        "  action    {name}: tier {} or better, user verification {}{}{}",
+                        a.min_tier,
+                        a.user_verification.as_str(),
+                        if a.device_bound { ", device-bound" } else { "" },
+                        if a.thresholds.is_empty() {
+                            String::new()
+                        } else {
+                            format!(", {} thresholds", a.thresholds.len())
+                        }
+                    );
+                }
+            }
+            Ok(())
+        }
+        PolicyCommand::Simulate {
+            file,
+            current,
+            store,
+            limit,
+            json,
+        } => {
+            let candidate = load(Some(&file))?;
+            let current = match current {
+                Some(c) => load(Some(&c))?,
+                None => match store.config()?.and_then(|c| c.policy) {
+                    Some(p) => load(Some(&p))?,
+                    None => load(None)?,
+                },
+            };
+            let (_, db) = store.open(false)?;
+            let report = signet::flows::policy::simulate(&db, &current, &candidate, limit)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_simulation(&report);
             }
             Ok(())
         }
@@ -144,5 +207,59 @@ pub fn run(command: PolicyCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+fn print_simulation(r: &serde_json::Value) {
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("?").to_string();
+    println!(
+        "{} (sha256 {}) against the policy in force {} (sha256 {})",
+        text(&r["candidate"]["version"]),
+        text(&r["candidate"]["sha256"]),
+        text(&r["current"]["version"]),
+        text(&r["current"]["sha256"]),
+    );
+    println!("  credentials  {}", r["credentials"]);
+    println!("  changed      {}", r["changed"]);
+    let counts = |key: &str, label: &str| {
+        if let Some(m) = r[key].as_object() {
+            for (k, n) in m {
+                println!("  {label:<12} {k}: {n}");
+            }
+        }
+    };
+    counts("tierChanges", "tier");
+    counts("decisionChanges", "decision");
+    for kind in ["added", "removed", "changed"] {
+        if let Some(list) = r["actions"][kind].as_array().filter(|l| !l.is_empty()) {
+            let names: Vec<String> = list.iter().map(text).collect();
+            println!("  actions {kind:<5} {}", names.join(", "));
+        }
+    }
+    for c in r["listed"].as_array().into_iter().flatten() {
+        println!(
+            "  credential {} (user {}, aaguid {}): tier {} -> {}, registration {} -> {}",
+            text(&c["credentialId"]),
+            text(&c["userId"]),
+            text(&c["aaguid"]),
+            c["tier"]["from"],
+            c["tier"]["to"],
+            text(&c["registration"]["from"]),
+            text(&c["registration"]["to"]),
+        );
+        for (label, d) in c["decisions"].as_object().into_iter().flatten() {
+            println!(
+                "      {label}: {} -> {}{}",
+                text(&d["from"]),
+                text(&d["to"]),
+                d["reason"]
+                    .as_str()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    if r["truncated"].as_bool() == Some(true) {
+        println!("  (more changed credentials than listed; raise --limit or use --json)");
     }
 }

@@ -187,3 +187,203 @@ fn a_newly_compromised_model_is_flagged_refused_and_reported() {
         "{listing}"
     );
 }
+
+/// A flagged credential under an action that says `flagged = "step-up"`:
+/// the assertion verifies, and the answer is step-up naming the flag.
+#[test]
+fn an_action_may_step_flagged_credentials_up_instead_of_denying() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy_file = dir.path().join("policy.toml");
+    let base = signet::policy::tiers::BUILTIN;
+    std::fs::write(&policy_file, base).expect("write policy");
+    let mut server = SignetServer::start_with(&format!(
+        "[policy]\nfile = \"{}\"\nreload_interval_s = 3600\n",
+        policy_file.display()
+    ));
+    let (status, victim, mut auth) = register(&server, "victim", aaguid(COMPROMISED));
+    assert_eq!(status, 200, "{victim}");
+    server.stop();
+    let mds = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/vectors/mds"
+    ));
+    let out = Command::new(signet_bin())
+        .args(["mds", "import"])
+        .arg(mds.join("test-blob.jwt"))
+        .arg("--root")
+        .arg(mds.join("conformance-mds3-root.pem"))
+        .args(["--at", "2022-11-08T00:00:00Z", "--data-dir"])
+        .arg(server.data_dir())
+        .output()
+        .expect("mds import");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    server.spawn();
+
+    let stepped = format!("{base}\n[actions.review]\nflagged = \"step-up\"\n");
+    let (_, current) = server.get("officer", "/v1/policy");
+    let (status, body) = server.put(
+        "officer",
+        "/v1/policy",
+        &json!({ "policy": stepped, "replaces": current["sha256"] }),
+    );
+    assert_eq!(status, 200, "{body}");
+
+    // The default action still denies; `review` steps up.
+    let (status, options) = server.post("rp", "/v1/authentications/options", &json!({}));
+    assert_eq!(status, 200);
+    let parts = auth.assert(&Ceremony::new(RP_ID, ORIGIN, &challenge_of(&options)));
+    let (status, body) = server.post(
+        "rp",
+        "/v1/authentications/verify",
+        &json!({ "ceremonyId": options["ceremonyId"], "credential": parts.to_json() }),
+    );
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["type"], "urn:signet:problem:credential-flagged");
+
+    let (status, body) = server.post(
+        "rp",
+        "/v1/authentications/options",
+        &json!({ "user": { "name": "victim" }, "action": "review" }),
+    );
+    assert_eq!(status, 403, "named user: step-up at options time: {body}");
+    assert_eq!(body["type"], "urn:signet:problem:step-up-required");
+    let (status, options) = server.post(
+        "rp",
+        "/v1/authentications/options",
+        &json!({ "action": "review" }),
+    );
+    assert_eq!(status, 200);
+    let parts = auth.assert(&Ceremony::new(RP_ID, ORIGIN, &challenge_of(&options)));
+    let (status, body) = server.post(
+        "rp",
+        "/v1/authentications/verify",
+        &json!({ "ceremonyId": options["ceremonyId"], "credential": parts.to_json() }),
+    );
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["type"], "urn:signet:problem:step-up-required");
+    assert_eq!(body["credentialId"], victim["credentialId"]);
+    assert!(
+        body["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("flagged") && r.contains("ATTESTATION_KEY_COMPROMISE")),
+        "{body}"
+    );
+}
+
+/// Flagging reads the installed catalog, not only the diff: a credential
+/// the flagging after an install never reached (a crash, a full disk) is
+/// flagged by the next run, once, and a run with nothing to do flags none.
+#[test]
+fn flagging_completes_a_run_that_was_cut_short() {
+    use signet::flows::metadata;
+    use signet::store::{CredentialRecord, SledStore, Store, User};
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(SledStore::open(&dir.path().join("data")).expect("store"));
+    let mds = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/vectors/mds"
+    ));
+    let jwt = std::fs::read(mds.join("test-blob.jwt")).expect("blob");
+    let roots =
+        metadata::load_roots(Some(&mds.join("conformance-mds3-root.pem")), "root").expect("root");
+    let at = signet::rfc3339::parse("2022-11-08T00:00:00Z").expect("time");
+    let report = metadata::install(
+        store.as_ref(),
+        &dir.path().join("data"),
+        &metadata::BlobInput {
+            jwt: &jwt,
+            roots: &roots,
+            crls: &[],
+            at,
+            source: "test-blob.jwt",
+        },
+        at,
+    )
+    .expect("install");
+    assert!(!report.newly_refused.is_empty());
+
+    // Credentials the interrupted run did not reach.
+    store
+        .put_user(&User {
+            id: b"user".to_vec(),
+            name: "victim".into(),
+            display_name: "Victim".into(),
+            created_ms: 0,
+        })
+        .expect("user");
+    let credential = |id: &[u8], model: [u8; 16]| CredentialRecord {
+        id: id.to_vec(),
+        user_id: b"user".to_vec(),
+        public_key_cose: vec![0xa0],
+        sign_count: 0,
+        backup_eligible: false,
+        backup_state: false,
+        aaguid: model,
+        fmt: "packed".into(),
+        attestation_type: "basic".into(),
+        transports: Vec::new(),
+        created_ms: 0,
+        last_used_ms: None,
+        flagged: None,
+        tier: Some(3),
+        tier_reasons: Vec::new(),
+        policy_version: Some("p".into()),
+        marked: false,
+        attested: false,
+        metadata_key_id: None,
+    };
+    store
+        .insert_credential(&credential(b"victim-credential-1", aaguid(COMPROMISED)))
+        .expect("insert");
+    store
+        .insert_credential(&credential(
+            b"bystander-credential",
+            aaguid("11111111-2222-3333-4444-555555555555"),
+        ))
+        .expect("insert");
+
+    let audit = signet::audit::AuditLog::new(
+        store.clone(),
+        signet::audit::CheckpointPolicy {
+            every_records: 0,
+            every_ms: 0,
+        },
+    );
+    let n = metadata::flag_refused(store.as_ref(), &audit, None, "test", at).expect("flag");
+    assert_eq!(n, 1);
+    let victim = store
+        .credential(b"victim-credential-1")
+        .expect("read")
+        .expect("present");
+    assert!(
+        victim
+            .flagged
+            .as_deref()
+            .is_some_and(|f| f.contains("ATTESTATION_KEY_COMPROMISE")),
+        "{victim:?}"
+    );
+    assert_eq!(
+        store
+            .credential(b"bystander-credential")
+            .expect("read")
+            .expect("present")
+            .flagged,
+        None
+    );
+    // Idempotent: nothing left to flag, nothing audited twice.
+    let n = metadata::flag_refused(store.as_ref(), &audit, None, "test", at).expect("flag");
+    assert_eq!(n, 0);
+    let flagged_events = store
+        .audit_range(1, 100)
+        .expect("audit")
+        .iter()
+        .filter(|e| String::from_utf8_lossy(&e.body).contains("credential.flagged"))
+        .count();
+    assert_eq!(flagged_events, 1);
+}

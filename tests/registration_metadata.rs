@@ -68,7 +68,7 @@ impl Fixture {
         )
         .expect("config");
         let policy = signet::policy::tiers::Policy::parse(text).expect("policy");
-        let services = Services::new(&config, store.clone(), Arc::new(ring), Arc::new(policy));
+        let services = Services::new(&config, store.clone(), Arc::new(ring), policy);
         Fixture {
             _hsm: hsm,
             _dir: dir,

@@ -49,6 +49,8 @@ pub mod suite {
             tier_reasons: vec!["known model, self-asserted AAGUID".into()],
             policy_version: Some("test-1".into()),
             marked: false,
+            attested: false,
+            metadata_key_id: Some(vec![0xab; 20]),
         }
     }
 
@@ -279,6 +281,43 @@ pub mod suite {
                 ..
             })
         ));
+    }
+
+    /// The paged scan officer tools use: every credential once, in id
+    /// order, pages of the size asked, and an empty page at the end.
+    pub fn credentials_scan(store: &dyn Store) {
+        assert!(store.credentials_after(None, 10).unwrap().is_empty());
+        store.put_user(&user(b"u1", "one")).unwrap();
+        store.put_user(&user(b"u2", "two")).unwrap();
+        for i in (0u8..25).rev() {
+            let owner: &[u8] = if i % 2 == 0 { b"u1" } else { b"u2" };
+            store
+                .insert_credential(&credential(&[b'c', i, 0xff], owner))
+                .unwrap();
+        }
+        let mut seen = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = store.credentials_after(after.as_deref(), 7).unwrap();
+            if page.is_empty() {
+                break;
+            }
+            assert!(page.len() <= 7);
+            after = page.last().map(|c| c.id.clone());
+            seen.extend(page.into_iter().map(|c| c.id));
+        }
+        let want: Vec<Vec<u8>> = (0u8..25).map(|i| vec![b'c', i, 0xff]).collect();
+        assert_eq!(seen, want);
+        // A page starts strictly after the id given, even an unknown one.
+        let page = store.credentials_after(Some(&[b'c', 3]), 2).unwrap();
+        assert_eq!(page[0].id, vec![b'c', 3, 0xff]);
+        assert_eq!(page.len(), 2);
+        assert!(
+            store
+                .credentials_after(Some(&[0xff]), 5)
+                .unwrap()
+                .is_empty()
+        );
     }
 
     pub fn credentials_race(store: &dyn Store) {
@@ -1076,6 +1115,7 @@ backend_tests!(
         users,
         users_race,
         credentials,
+        credentials_scan,
         credentials_race,
         counters,
         counters_race,

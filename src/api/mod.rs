@@ -60,6 +60,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::keys::router())
         .merge(routes::audit::router())
         .merge(routes::ops::router())
+        .merge(routes::policy::router())
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state.clone())

@@ -21,6 +21,8 @@ pub struct Problem {
     pub field: Option<String>,
     /// Seconds, for 429 and 503.
     pub retry_after: Option<u64>,
+    /// Extension members (RFC 9457 §3.2), merged into the body.
+    pub extensions: Option<Box<serde_json::Map<String, serde_json::Value>>>,
 }
 
 impl Problem {
@@ -32,6 +34,7 @@ impl Problem {
             detail: None,
             field: None,
             retry_after: None,
+            extensions: None,
         }
     }
 
@@ -144,6 +147,22 @@ impl From<FlowError> for Problem {
                 "credential-flagged",
                 "The credential is flagged and may not be used",
             ),
+            FlowError::Denied { .. } => Problem::new(
+                StatusCode::FORBIDDEN,
+                "credential-denied",
+                "The policy refuses this credential for this action",
+            ),
+            FlowError::StepUp(step) => {
+                let mut p = Problem::new(
+                    StatusCode::FORBIDDEN,
+                    "step-up-required",
+                    "The action needs a stronger credential",
+                );
+                if let Ok(serde_json::Value::Object(members)) = serde_json::to_value(step) {
+                    p.extensions = Some(Box::new(members));
+                }
+                p
+            }
             FlowError::Unavailable(cause) => {
                 tracing::warn!(cause = %cause, "key device unavailable");
                 return Problem::new(
@@ -195,6 +214,14 @@ impl IntoResponse for Problem {
         }
         if let Some(f) = &self.field {
             body["field"] = json!(f);
+        }
+        if let Some(members) = self.extensions
+            && let Some(obj) = body.as_object_mut()
+        {
+            for (k, v) in *members {
+                // The standard members keep their meaning.
+                obj.entry(k).or_insert(v);
+            }
         }
         let mut response = (self.status, body.to_string()).into_response();
         let headers = response.headers_mut();

@@ -107,7 +107,7 @@ pub fn prepare(config: &Config, profile: &Profile) -> anyhow::Result<Prepared> {
     };
     let policy = load_policy(config)?;
     tracing::info!(version = %policy.version, sha256 = %policy.sha256, "trust policy loaded");
-    let services = Arc::new(Services::new(config, store, ring, Arc::new(policy)));
+    let services = Arc::new(Services::new(config, store, ring, policy));
     let state = AppState {
         services,
         metrics,
@@ -199,6 +199,11 @@ pub fn run(config: Config, profile: &Profile) -> anyhow::Result<()> {
                 trust,
             ))
         });
+        // Always: SIGHUP must never fall through to its default (exit).
+        let policy_watch = tokio::spawn(policy_watch(
+            services.clone(),
+            config.policy_reload_interval,
+        ));
         let app = router(prepared.state.clone());
         let rules: Arc<[_]> = config.clients.clone().into();
         let opts = server::ServeOptions::from(&config.server);
@@ -215,6 +220,7 @@ pub fn run(config: Config, profile: &Profile) -> anyhow::Result<()> {
         if let Some(t) = mds_timer {
             t.abort();
         }
+        policy_watch.abort();
         anyhow::Ok(())
     })?;
     // A metadata download in progress is abandoned (the catalog stays).
@@ -306,6 +312,20 @@ async fn mds_timer(
                     Err(e) => tracing::error!(error = %e, "flagging newly refused models failed"),
                 }
             }
+            if let RefreshOutcome::NotModified { .. } = &outcome {
+                // Completes a flagging run an earlier refresh could not finish.
+                match metadata::flag_refused(
+                    s.store.as_ref(),
+                    &s.audit,
+                    Some(&s.keys),
+                    MDS_ACTOR,
+                    now,
+                ) {
+                    Ok(0) => {}
+                    Ok(n) => tracing::warn!(flagged = n, "credentials of refused models flagged"),
+                    Err(e) => tracing::error!(error = %e, "flagging refused models failed"),
+                }
+            }
             Ok::<_, metadata::MetadataError>(outcome)
         })
         .await;
@@ -325,6 +345,47 @@ async fn mds_timer(
                 "MDS refresh failed; the installed catalog stays; retried at the next interval"
             ),
             Err(e) => tracing::warn!(error = %e, "MDS refresh task failed"),
+        }
+    }
+}
+
+/// Reloads the policy file when its content changes (checked every
+/// `interval`) or at once on SIGHUP. See [`crate::flows::policy`].
+async fn policy_watch(services: Arc<Services>, interval: Duration) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch SIGHUP; the policy file is still polled");
+            None
+        }
+    };
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        let via = match &mut hup {
+            Some(h) => tokio::select! {
+                _ = tick.tick() => "file",
+                _ = h.recv() => "sighup",
+            },
+            None => {
+                tick.tick().await;
+                "file"
+            }
+        };
+        let s = services.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            crate::flows::policy::reload(&s, via, SystemTime::now())
+        })
+        .await;
+        match done {
+            Ok(Ok(crate::flows::policy::Reload::Unchanged)) if via == "sighup" => {
+                tracing::info!("SIGHUP: the policy in force is current (or built in)")
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "policy reload failed"),
+            Err(e) => tracing::error!(error = %e, "policy reload task failed"),
         }
     }
 }

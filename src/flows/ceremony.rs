@@ -21,10 +21,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use std::time::SystemTime;
 
-use super::{FlowError, Services, b64_field, metadata, truncate, unix_ms, uuid_text};
+use super::policy::{assess_credential, facts};
+use super::{FlowError, Services, StepUp, b64_field, metadata, truncate, unix_ms, uuid_text};
 use crate::audit::AuditEvent;
 use crate::policy;
-use crate::policy::tiers::{Admission, TierInput};
+use crate::policy::actions::{
+    Decision, Requirement, stricter_rk, stricter_uv, stronger_attestation,
+};
+use crate::policy::amount::Amount;
+use crate::policy::tiers::{Admission, Policy, TierInput};
 use crate::store::{CeremonyId, CeremonyRecord, CredentialRecord, StoreError, User, limits};
 use crate::webauthn::cose_key::CredentialPublicKey;
 use crate::webauthn::options::{
@@ -51,23 +56,21 @@ struct RegistrationState {
     user_verification: UserVerification,
 }
 
+/// A payment amount carried from options to verification.
+#[derive(Serialize, Deserialize)]
+struct StateAmount {
+    value: String,
+    currency: String,
+}
+
 #[derive(Serialize, Deserialize)]
 struct AuthenticationState {
     /// `None`: discoverable-credential login; the response names the user.
     user_id: Option<Vec<u8>>,
     action: String,
+    #[serde(default)]
+    amount: Option<StateAmount>,
     user_verification: UserVerification,
-}
-
-/// The stricter of two requirements: a request may raise the action's
-/// user-verification requirement, never lower it.
-fn stricter(a: UserVerification, b: UserVerification) -> UserVerification {
-    let rank = |u| match u {
-        UserVerification::Required => 2,
-        UserVerification::Preferred => 1,
-        UserVerification::Discouraged => 0,
-    };
-    if rank(b) > rank(a) { b } else { a }
 }
 
 // ---- request members ----
@@ -263,15 +266,56 @@ fn state<T: for<'de> Deserialize<'de>>(record: &CeremonyRecord) -> Result<T, Flo
         .map_err(|e| FlowError::Internal(format!("ceremony state unreadable: {e}")))
 }
 
-fn descriptors(credentials: &[CredentialRecord]) -> Vec<CredentialDescriptor> {
-    credentials
-        .iter()
-        .filter(|c| c.flagged.is_none())
-        .map(|c| CredentialDescriptor {
-            id: c.id.clone(),
-            transports: c.transports.clone(),
-        })
-        .collect()
+fn descriptor(c: &CredentialRecord) -> CredentialDescriptor {
+    CredentialDescriptor {
+        id: c.id.clone(),
+        transports: c.transports.clone(),
+    }
+}
+
+/// The optional `amount` member: `{"value": "1500.00", "currency": "EUR"}`.
+fn amount(obj: &Map<String, Value>) -> Result<Option<Amount>, FlowError> {
+    let Some(a) = obj.get("amount").filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    let a = object(a, "amount")?;
+    only(a, &["value", "currency"], "amount.")?;
+    let value = req_str(a, "value", "amount.")?;
+    let currency = req_str(a, "currency", "amount.")?;
+    let value =
+        policy::amount::Decimal::parse(value).map_err(|e| FlowError::invalid("amount.value", e))?;
+    let currency =
+        policy::amount::currency(currency).map_err(|e| FlowError::invalid("amount.currency", e))?;
+    Ok(Some(Amount { value, currency }))
+}
+
+/// The action's requirement under `policy`, or the refusal of a ceremony
+/// whose action the policy no longer defines (audited like any refusal).
+fn verify_requirement(
+    s: &Services,
+    policy: &Policy,
+    action: &str,
+    amount: Option<&Amount>,
+    refusal: (&str, &str, &str, u64),
+) -> Result<Requirement, FlowError> {
+    Services::requirement(policy, Some(action), amount).or_else(|e| {
+        let (actor, event, subject, now_ms) = refusal;
+        refused(s, actor, event, subject, &e, now_ms)?;
+        Err(e)
+    })
+}
+
+/// The policy's decision for one stored credential under `requirement`.
+fn decide(
+    s: &Services,
+    policy: &Policy,
+    requirement: &Requirement,
+    credential: &CredentialRecord,
+) -> Result<(Decision, u8), FlowError> {
+    let known = metadata::lookup_credential(s.store.as_ref(), credential)?;
+    let (a, admission) = assess_credential(policy, credential, known.as_ref());
+    let d = requirement.decide(&facts(credential, &a, admission));
+    Ok((d, a.tier))
 }
 
 // ---- registration ----
@@ -294,7 +338,8 @@ pub fn registration_options(
         ],
         "",
     )?;
-    let (action, settings) = s.action(opt_str(obj, "action", "")?)?;
+    let policy = s.policy.get();
+    let req = Services::requirement(&policy, opt_str(obj, "action", "")?, None)?;
     let user_obj = object(
         obj.get("user")
             .ok_or_else(|| FlowError::invalid("user", "is required"))?,
@@ -310,9 +355,13 @@ pub fn registration_options(
         .map(|t| b64_field(t, "user.id", 1, limits::USER_ID_MAX))
         .transpose()?;
 
-    let mut uv = settings.user_verification;
-    let mut resident_key = settings.resident_key;
-    let mut attachment = None;
+    // The action sets the floor; a request may raise what the action pins
+    // and choose what it leaves open.
+    let mut uv = req.user_verification;
+    let mut resident_key = req
+        .resident_key
+        .unwrap_or(ResidentKeyRequirement::Preferred);
+    let mut attachment = req.attachment;
     if let Some(sel) = obj.get("authenticatorSelection").filter(|v| !v.is_null()) {
         let sel = object(sel, "authenticatorSelection")?;
         let path = "authenticatorSelection.";
@@ -327,9 +376,9 @@ pub fn registration_options(
             path,
         )?;
         if let Some(u) = user_verification(sel, "userVerification", path)? {
-            uv = stricter(uv, u);
+            uv = stricter_uv(uv, u);
         }
-        attachment = match opt_str(sel, "authenticatorAttachment", path)? {
+        let asked = match opt_str(sel, "authenticatorAttachment", path)? {
             None => None,
             Some("platform") => Some(AuthenticatorAttachment::Platform),
             Some("cross-platform") => Some(AuthenticatorAttachment::CrossPlatform),
@@ -340,17 +389,38 @@ pub fn registration_options(
                 ));
             }
         };
-        match opt_str(sel, "residentKey", path)? {
-            None => {}
-            Some("required") => resident_key = ResidentKeyRequirement::Required,
-            Some("preferred") => resident_key = ResidentKeyRequirement::Preferred,
-            Some("discouraged") => resident_key = ResidentKeyRequirement::Discouraged,
+        if let Some(a) = asked {
+            if let Some(pinned) = req.attachment
+                && pinned != a
+            {
+                return Err(FlowError::invalid(
+                    "authenticatorSelection.authenticatorAttachment",
+                    format!(
+                        "action {} needs {} authenticators",
+                        req.action,
+                        policy::actions::attachment_str(pinned)
+                    ),
+                ));
+            }
+            attachment = Some(a);
+        }
+        let asked = match opt_str(sel, "residentKey", path)? {
+            None => None,
+            Some("required") => Some(ResidentKeyRequirement::Required),
+            Some("preferred") => Some(ResidentKeyRequirement::Preferred),
+            Some("discouraged") => Some(ResidentKeyRequirement::Discouraged),
             Some(_) => {
                 return Err(FlowError::invalid(
                     "authenticatorSelection.residentKey",
                     "must be required, preferred or discouraged",
                 ));
             }
+        };
+        if let Some(r) = asked {
+            resident_key = match req.resident_key {
+                Some(pinned) => stricter_rk(pinned, r),
+                None => r,
+            };
         }
         // Level 1 clients send only requireResidentKey (§5.4.4).
         match sel.get("requireResidentKey") {
@@ -365,18 +435,24 @@ pub fn registration_options(
             }
         }
     }
-    let attestation = match opt_str(obj, "attestation", "")? {
-        None => settings.attestation,
-        Some("none") => AttestationConveyance::None,
-        Some("indirect") => AttestationConveyance::Indirect,
-        Some("direct") => AttestationConveyance::Direct,
-        Some("enterprise") => AttestationConveyance::Enterprise,
+    let asked = match opt_str(obj, "attestation", "")? {
+        None => None,
+        Some("none") => Some(AttestationConveyance::None),
+        Some("indirect") => Some(AttestationConveyance::Indirect),
+        Some("direct") => Some(AttestationConveyance::Direct),
+        Some("enterprise") => Some(AttestationConveyance::Enterprise),
         Some(_) => {
             return Err(FlowError::invalid(
                 "attestation",
                 "must be none, indirect, direct or enterprise",
             ));
         }
+    };
+    let attestation = match (req.attestation, asked) {
+        (Some(pinned), Some(a)) => stronger_attestation(pinned, a),
+        (Some(pinned), None) => pinned,
+        (None, Some(a)) => a,
+        (None, None) => AttestationConveyance::None,
     };
     let extensions = extensions(obj)?;
 
@@ -391,8 +467,10 @@ pub fn registration_options(
                     reason: "the user name is registered with another user id".into(),
                 });
             }
+            // Every credential, flagged ones too: a flagged authenticator
+            // must not enrol again under a fresh credential id.
             let creds = s.store.credentials_by_user(&existing.id)?;
-            (existing.id, false, descriptors(&creds))
+            (existing.id, false, creds.iter().map(descriptor).collect())
         }
         None => {
             let id = match wanted_id {
@@ -441,7 +519,7 @@ pub fn registration_options(
         user_name: name,
         display_name,
         new_user,
-        action,
+        action: req.action,
         user_verification: uv,
     };
     open_ceremony(
@@ -472,10 +550,22 @@ pub fn registration_verify(
         RegistrationResponse::from_value,
     )?;
     let now_ms = unix_ms(now);
+    let policy = s.policy.get();
+    let subject = b64url(&id);
+    let req = verify_requirement(
+        s,
+        &policy,
+        &st.action,
+        None,
+        (actor, "registration.refused", &subject, now_ms),
+    )?;
 
     // The model's FIDO metadata gives the attestation roots, and its
     // statement and status reports decide after the engine has verified.
-    let known = metadata::lookup(s.store.as_ref(), &response)?;
+    let (known, key_id) = match metadata::lookup(s.store.as_ref(), &response)? {
+        Some(found) => (Some(found.known), found.key_id),
+        None => (None, None),
+    };
     let verified = registration::verify(
         &response,
         &registration::Expectation {
@@ -501,25 +591,36 @@ pub fn registration_verify(
         }
     };
 
-    // The trust tier, and what the registration policy does with it.
-    let assessment = s.policy.assess(&TierInput {
+    // The trust tier, what the registration policy does with it, and
+    // whether the action can take it.
+    let attested = reg.anchored && known.is_some();
+    let assessment = policy.assess(&TierInput {
         aaguid: reg.aaguid,
-        attested: reg.anchored && known.is_some(),
+        attested,
         metadata: known.as_ref(),
         backup_eligible: reg.flags.be,
     });
-    let admission = s.policy.admission(&assessment);
-    if admission == Admission::Reject {
-        let e = FlowError::in_credential(webauthn::Error::policy(
-            "response.attestationObject",
-            format!(
-                "policy {} rejects tier {} at registration: {}",
-                s.policy.version,
-                assessment.tier,
-                assessment.reasons.join("; ")
-            ),
-        ));
-        refused(s, actor, "registration.refused", &b64url(&id), &e, now_ms)?;
+    let admission = policy.admission(&assessment);
+    let shortfall = if admission == Admission::Reject {
+        Some(format!(
+            "policy {} rejects tier {} at registration: {}",
+            policy.version,
+            assessment.tier,
+            assessment.reasons.join("; ")
+        ))
+    } else {
+        req.admit_registration(
+            assessment.tier,
+            reg.flags.be,
+            response.authenticator_attachment.as_deref(),
+        )
+        .err()
+        .map(|why| format!("policy {}: {why}", policy.version))
+    };
+    if let Some(why) = shortfall {
+        let e =
+            FlowError::in_credential(webauthn::Error::policy("response.attestationObject", why));
+        refused(s, actor, "registration.refused", &subject, &e, now_ms)?;
         return Err(e);
     }
 
@@ -575,8 +676,10 @@ pub fn registration_verify(
             .take(limits::TIER_REASONS_MAX)
             .map(|r| truncate(r, 512))
             .collect(),
-        policy_version: Some(s.policy.version.clone()),
+        policy_version: Some(policy.version.clone()),
         marked: admission == Admission::AcceptMarked,
+        attested,
+        metadata_key_id: key_id,
     };
     match s.store.insert_credential(&record) {
         Ok(()) => {}
@@ -600,7 +703,8 @@ pub fn registration_verify(
         "tier": assessment.tier,
         "tierReasons": record.tier_reasons,
         "marked": record.marked,
-        "policyVersion": s.policy.version,
+        "decision": admission.as_str(),
+        "policyVersion": policy.version,
         "userVerified": reg.flags.uv,
         "backupEligible": reg.flags.be,
         "backupState": reg.flags.bs,
@@ -624,7 +728,8 @@ pub fn registration_verify(
             "attestationTrusted": reg.anchored,
             "tier": assessment.tier,
             "marked": record.marked,
-            "policyVersion": s.policy.version,
+            "decision": admission.as_str(),
+            "policyVersion": policy.version,
             "action": st.action,
         })),
     )?;
@@ -642,13 +747,15 @@ pub fn authentication_options(
     let obj = object(body, "body")?;
     only(
         obj,
-        &["user", "action", "userVerification", "extensions"],
+        &["user", "action", "amount", "userVerification", "extensions"],
         "",
     )?;
-    let (action, settings) = s.action(opt_str(obj, "action", "")?)?;
-    let mut uv = settings.user_verification;
+    let policy = s.policy.get();
+    let amount = amount(obj)?;
+    let req = Services::requirement(&policy, opt_str(obj, "action", "")?, amount.as_ref())?;
+    let mut uv = req.user_verification;
     if let Some(u) = user_verification(obj, "userVerification", "")? {
-        uv = stricter(uv, u);
+        uv = stricter_uv(uv, u);
     }
     let extensions = extensions(obj)?;
     let (user_id, allow) = match obj.get("user").filter(|v| !v.is_null()) {
@@ -661,11 +768,39 @@ pub fn authentication_options(
                 what: "user",
                 field: "user.name".into(),
             })?;
-            let allow = descriptors(&s.store.credentials_by_user(&user.id)?);
+            // Only credentials the action would accept: the browser then
+            // asks for one that will do, not for one that would be refused.
+            let mut allow = Vec::new();
+            let mut short: Option<(String, u8)> = None;
+            for c in s.store.credentials_by_user(&user.id)? {
+                match decide(s, &policy, &req, &c)? {
+                    (Decision::Allow, _) => allow.push(descriptor(&c)),
+                    (Decision::StepUp { reason }, tier) => {
+                        if short.as_ref().is_none_or(|(_, t)| tier < *t) {
+                            short = Some((reason, tier));
+                        }
+                    }
+                    (Decision::Deny { .. }, _) => {}
+                }
+            }
             if allow.is_empty() {
-                return Err(FlowError::NotFound {
-                    what: "usable credential for this user",
-                    field: "user.name".into(),
+                return Err(match short {
+                    Some((reason, tier)) => {
+                        let mut step = StepUp::new(
+                            &req,
+                            format!(
+                                "no credential of this user meets the action; the best one: {reason}"
+                            ),
+                            &policy.version,
+                        );
+                        step.tier = Some(tier);
+                        step.user_id = Some(b64url(&user.id));
+                        FlowError::StepUp(Box::new(step))
+                    }
+                    None => FlowError::NotFound {
+                        what: "usable credential for this user",
+                        field: "user.name".into(),
+                    },
                 });
             }
             (Some(user.id), allow)
@@ -682,7 +817,11 @@ pub fn authentication_options(
     let options = builder.build().map_err(FlowError::in_request)?;
     let state = AuthenticationState {
         user_id: user_id.clone(),
-        action,
+        action: req.action,
+        amount: amount.map(|a| StateAmount {
+            value: a.value.to_string(),
+            currency: a.currency,
+        }),
         user_verification: uv,
     };
     open_ceremony(
@@ -714,15 +853,47 @@ pub fn authentication_verify(
     )?;
     let now_ms = unix_ms(now);
     let subject = b64url(&id);
+    let policy = s.policy.get();
+    let amount = st
+        .amount
+        .as_ref()
+        .map(|a| Amount::parse(&a.value, &a.currency))
+        .transpose()
+        .map_err(|e| FlowError::Internal(format!("ceremony state amount: {e}")))?;
+    let req = verify_requirement(
+        s,
+        &policy,
+        &st.action,
+        amount.as_ref(),
+        (actor, "authentication.refused", &subject, now_ms),
+    )?;
 
-    let result = check_assertion(s, &response, &record.challenge, &st, now_ms);
-    let (cred, verified) = match result {
+    let result = check_assertion(s, &policy, &req, &response, &record.challenge, &st, now_ms);
+    let (cred, verified, tier) = match result {
         Ok(v) => v,
+        Err(FlowError::StepUp(step)) => {
+            s.record(
+                AuditEvent::new(
+                    now_ms,
+                    actor,
+                    "authentication.step_up_required",
+                    step.credential_id.clone().unwrap_or_default(),
+                )
+                .with_detail(json!({ "ceremonyId": subject, "stepUp": &*step })),
+            )?;
+            return Err(FlowError::StepUp(step));
+        }
         Err(e) => {
             refused(s, actor, "authentication.refused", &subject, &e, now_ms)?;
             return Err(e);
         }
     };
+    let requirement = json!({
+        "minTier": req.min_tier,
+        "userVerification": req.user_verification.as_str(),
+        "deviceBound": req.device_bound,
+        "threshold": req.threshold,
+    });
     let user = s.store.user_by_id(&cred.user_id)?;
     let answer = json!({
         "userId": b64url(&cred.user_id),
@@ -734,6 +905,10 @@ pub fn authentication_verify(
         "backupState": verified.backup_state,
         "aaguid": uuid_text(&cred.aaguid),
         "action": st.action,
+        "tier": tier,
+        "decision": "allow",
+        "requirement": requirement,
+        "policyVersion": policy.version,
     });
     s.record(
         AuditEvent::new(now_ms, actor, "authentication.verified", b64url(&cred.id)).with_detail(
@@ -743,6 +918,11 @@ pub fn authentication_verify(
                 "signCount": verified.sign_count,
                 "userVerified": verified.user_verified,
                 "action": st.action,
+                "amount": st.amount.as_ref().map(|a| format!("{} {}", a.value, a.currency)),
+                "tier": tier,
+                "decision": "allow",
+                "requirement": requirement,
+                "policyVersion": policy.version,
             }),
         ),
     )?;
@@ -750,14 +930,19 @@ pub fn authentication_verify(
 }
 
 /// Everything between consuming the ceremony and acknowledging: the
-/// credential lookup, the engine, and the counter compare-and-swap.
+/// credential lookup, the policy's decision, the engine, and the counter
+/// compare-and-swap. A denied credential is refused before its signature
+/// is checked; a step-up is answered only after the assertion verified
+/// and the counter moved (the user did authenticate, at a lower level).
 fn check_assertion(
     s: &Services,
+    policy: &Policy,
+    req: &Requirement,
     response: &AuthenticationResponse,
     challenge: &[u8],
     st: &AuthenticationState,
     now_ms: u64,
-) -> Result<(CredentialRecord, assertion::Assertion), FlowError> {
+) -> Result<(CredentialRecord, assertion::Assertion, u8), FlowError> {
     let cred = s
         .store
         .credential(&response.id)?
@@ -773,9 +958,15 @@ fn check_assertion(
             "is not one of the credentials these options allowed",
         )));
     }
-    if let Some(reason) = &cred.flagged {
-        return Err(FlowError::Flagged {
-            reason: reason.clone(),
+    let (decision, tier) = decide(s, policy, req, &cred)?;
+    if let Decision::Deny { reason } = &decision {
+        return Err(match &cred.flagged {
+            Some(flag) => FlowError::Flagged {
+                reason: flag.clone(),
+            },
+            None => FlowError::Denied {
+                reason: reason.clone(),
+            },
         });
     }
     let key = CredentialPublicKey::from_cose(&cred.public_key_cose, "stored credential public key")
@@ -801,7 +992,14 @@ fn check_assertion(
     .map_err(FlowError::in_credential)?;
     s.store
         .update_after_assertion(&cred.id, verified.sign_count, verified.backup_state, now_ms)?;
-    Ok((cred, verified))
+    if let Decision::StepUp { reason } = decision {
+        let mut step = StepUp::new(req, reason, &policy.version);
+        step.tier = Some(tier);
+        step.user_id = Some(b64url(&cred.user_id));
+        step.credential_id = Some(b64url(&cred.id));
+        return Err(FlowError::StepUp(Box::new(step)));
+    }
+    Ok((cred, verified, tier))
 }
 
 /// The transports to store: `getTransports()` values are hints that later
@@ -859,14 +1057,5 @@ mod tests {
         assert_eq!(transport_hints(&given), ["usb", "future-radio", "hybrid"]);
         let many: Vec<String> = (0..40).map(|i| format!("t{i}")).collect();
         assert_eq!(transport_hints(&many).len(), limits::TRANSPORTS_MAX);
-    }
-
-    #[test]
-    fn a_request_may_raise_user_verification_never_lower_it() {
-        use UserVerification::*;
-        assert_eq!(stricter(Required, Discouraged), Required);
-        assert_eq!(stricter(Discouraged, Required), Required);
-        assert_eq!(stricter(Preferred, Discouraged), Preferred);
-        assert_eq!(stricter(Discouraged, Preferred), Preferred);
     }
 }

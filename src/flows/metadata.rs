@@ -8,11 +8,11 @@
 //! parsing a 2 MB BLOB. Icons are dropped on the way in: they are the only
 //! large member, and a server has no use for them.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use super::unix_ms;
+use super::{unix_ms, uuid_text};
 use crate::audit::AuditEvent;
 use crate::config::MdsSettings;
 use crate::mds::blob::{self, Blob, Entry};
@@ -430,17 +430,7 @@ pub fn flag_newly_refused(
     now: SystemTime,
 ) -> Result<usize, MetadataError> {
     let now_ms = unix_ms(now);
-    let mut flagged = 0;
     for r in refused {
-        let model = r.model.as_deref().unwrap_or("this authenticator model");
-        let reason = format!(
-            "FIDO metadata reports {} for {model}{}",
-            r.status,
-            r.effective_date
-                .as_deref()
-                .map(|d| format!(" (effective {d})"))
-                .unwrap_or_default()
-        );
         audit.append(
             &AuditEvent::new(now_ms, actor, "mds.status_changed", r.aaguid.clone()).with_detail(
                 serde_json::json!({
@@ -450,25 +440,55 @@ pub fn flag_newly_refused(
             ),
             ring,
         )?;
-        for id in store.credential_ids_with_aaguid(&r.aaguid_bytes)? {
-            let Some(credential) = store.credential(&id)? else {
-                continue;
+    }
+    flag_refused(store, audit, ring, actor, now)
+}
+
+/// Flags every unflagged credential whose model the installed catalog
+/// refuses, auditing each. It looks at the catalog as it is, not at what
+/// changed, so it is idempotent: run after every refresh (installed or
+/// not modified), it completes a run that a crash or a full disk cut short.
+pub fn flag_refused(
+    store: &dyn Store,
+    audit: &crate::audit::AuditLog,
+    ring: Option<&crate::keys::KeyRing>,
+    actor: &str,
+    now: SystemTime,
+) -> Result<usize, MetadataError> {
+    const PAGE: usize = 256;
+    let now_ms = unix_ms(now);
+    let mut verdicts: std::collections::HashMap<ModelKey, Option<String>> =
+        std::collections::HashMap::new();
+    let mut flagged = 0;
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let page = store.credentials_after(after.as_deref(), PAGE)?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.id.clone());
+        for credential in page.iter().filter(|c| c.flagged.is_none()) {
+            let key = model_key(credential);
+            let reason = match verdicts.get(&key) {
+                Some(r) => r.clone(),
+                None => {
+                    let r = lookup_credential(store, credential)?
+                        .and_then(|k| crate::policy::metadata::refusal_reason(&k));
+                    verdicts.insert(key, r.clone());
+                    r
+                }
             };
-            if credential.flagged.is_some() {
-                continue;
-            }
-            store.set_credential_flag(&id, Some(&reason))?;
+            let Some(reason) = reason else { continue };
+            store.set_credential_flag(&credential.id, Some(&reason))?;
             audit.append(
                 &AuditEvent::new(
                     now_ms,
                     actor,
                     "credential.flagged",
-                    crate::webauthn::b64url(&id),
+                    crate::webauthn::b64url(&credential.id),
                 )
                 .with_detail(serde_json::json!({
-                    "credentialId": crate::webauthn::b64url(&id),
+                    "credentialId": crate::webauthn::b64url(&credential.id),
                     "userId": crate::webauthn::b64url(&credential.user_id),
-                    "aaguid": r.aaguid,
+                    "aaguid": uuid_text(&credential.aaguid),
                     "reason": reason,
                 })),
                 ring,
@@ -515,50 +535,74 @@ pub fn stored_entry(e: &Entry) -> Result<MetadataEntry, MetadataError> {
     })
 }
 
-/// Writes `bytes` to `path` so that a crash leaves the old file or the new
-/// one, never a torn one: a temporary file beside it, fsync, rename, fsync
-/// of the directory.
 fn save_atomically(path: &Path, bytes: &[u8]) -> Result<(), MetadataError> {
-    let io = |p: &Path| {
-        let p = p.to_path_buf();
-        move |source| MetadataError::Io { path: p, source }
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(".tmp");
-    let tmp = path.with_file_name(tmp_name);
-    {
-        let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-        f.write_all(bytes).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
-    }
-    std::fs::rename(&tmp, path).map_err(io(path))?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io(dir))
+    super::write_atomically(path, bytes)
+        .map_err(|(path, source)| MetadataError::Io { path, source })
 }
 
 /// The stored metadata of the model that made this registration: by AAGUID,
 /// or, for U2F authenticators (zero AAGUID), by the key identifier of the
 /// attestation certificate (SHA-1 of its subjectPublicKey, as MDS defines
-/// it). `None` when the catalog has no entry, or when the response is too
-/// malformed to tell; the engine then reports what is wrong with it.
+/// it), which is returned too so the credential can keep it. `None` when
+/// the catalog has no entry, or when the response is too malformed to tell;
+/// the engine then reports what is wrong with it.
 pub fn lookup(
     store: &dyn Store,
     response: &RegistrationResponse,
-) -> Result<Option<Known>, MetadataError> {
+) -> Result<Option<Found>, MetadataError> {
     let Ok(object) = AttestationObject::parse(&response.attestation_object) else {
         return Ok(None);
     };
     let Some(attested) = &object.auth_data.attested else {
         return Ok(None);
     };
-    let entry = if attested.aaguid != [0; 16] {
-        store.metadata_by_aaguid(&attested.aaguid)?
+    let key_id = if attested.aaguid == [0; 16] {
+        attestation_key_id(&object.att_stmt)
     } else {
-        match attestation_key_id(&object.att_stmt) {
-            Some(key_id) => store.metadata_by_key_id(&key_id)?,
+        None
+    };
+    Ok(catalog_entry(store, &attested.aaguid, key_id.as_deref())?
+        .map(|known| Found { known, key_id }))
+}
+
+/// A registering model's catalog entry, and the attestation key
+/// identifier it was found by (U2F models, which have no AAGUID).
+pub struct Found {
+    pub known: Known,
+    pub key_id: Option<Vec<u8>>,
+}
+
+/// What identifies a credential's model in the catalog: its AAGUID, and
+/// for U2F models the attestation key identifier.
+pub type ModelKey = ([u8; 16], Option<Vec<u8>>);
+
+pub fn model_key(credential: &crate::store::CredentialRecord) -> ModelKey {
+    (credential.aaguid, credential.metadata_key_id.clone())
+}
+
+/// The stored metadata of a registered credential's model, as the catalog
+/// has it now (it changes with every MDS update).
+pub fn lookup_credential(
+    store: &dyn Store,
+    credential: &crate::store::CredentialRecord,
+) -> Result<Option<Known>, MetadataError> {
+    catalog_entry(
+        store,
+        &credential.aaguid,
+        credential.metadata_key_id.as_deref(),
+    )
+}
+
+fn catalog_entry(
+    store: &dyn Store,
+    aaguid: &[u8; 16],
+    key_id: Option<&[u8]>,
+) -> Result<Option<Known>, MetadataError> {
+    let entry = if *aaguid != [0; 16] {
+        store.metadata_by_aaguid(aaguid)?
+    } else {
+        match key_id {
+            Some(k) => store.metadata_by_key_id(k)?,
             None => None,
         }
     };

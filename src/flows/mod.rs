@@ -13,13 +13,15 @@
 pub mod ceremony;
 pub mod credentials;
 pub mod metadata;
+pub mod policy;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::audit::{AuditEvent, AuditLog, AuditLogError};
-use crate::config::{ActionSettings, Config};
+use crate::config::Config;
 use crate::keys::{KeyError, KeyRing};
+use crate::policy::actions::Requirement;
 use crate::store::{Store, StoreError};
 use crate::webauthn::attestation::AttestationPolicy;
 pub use crate::webauthn::uuid_text;
@@ -34,9 +36,8 @@ pub struct Services {
     pub rp_name: String,
     pub ceremony_timeout_ms: u32,
     pub attestation: AttestationPolicy,
-    pub actions: std::collections::BTreeMap<String, ActionSettings>,
-    /// The trust policy (tiers, registration admission).
-    pub policy: Arc<crate::policy::tiers::Policy>,
+    /// The trust policy in force (tiers, registration, actions).
+    pub policy: policy::PolicySlot,
 }
 
 impl Services {
@@ -45,7 +46,7 @@ impl Services {
         config: &Config,
         store: Arc<dyn Store>,
         keys: Arc<KeyRing>,
-        policy: Arc<crate::policy::tiers::Policy>,
+        policy: crate::policy::tiers::Policy,
     ) -> Services {
         let mut rp = RelyingParty::new(config.rp.id.clone(), config.rp.origins.clone());
         if !config.rp.algorithms.is_empty() {
@@ -66,22 +67,31 @@ impl Services {
             rp_name: config.rp.name.clone(),
             ceremony_timeout_ms: config.rp.ceremony_timeout_ms,
             attestation: AttestationPolicy::default(),
-            actions: config.actions.clone(),
-            policy,
+            policy: policy::PolicySlot::new(policy, config.policy.clone()),
         }
     }
 
-    /// The action's settings; `None` picks `default`.
-    pub fn action(&self, name: Option<&str>) -> Result<(String, &ActionSettings), FlowError> {
-        let name = name.unwrap_or("default");
-        match self.actions.get(name) {
-            Some(a) => Ok((name.to_string(), a)),
+    /// The requirement of the named action (`None`: `default`) under
+    /// `policy`, raised by thresholds for `amount`.
+    pub fn requirement(
+        policy: &crate::policy::tiers::Policy,
+        name: Option<&str>,
+        amount: Option<&crate::policy::amount::Amount>,
+    ) -> Result<Requirement, FlowError> {
+        match policy.action(name) {
+            Some((name, action)) => Ok(action.requirement(name, amount)),
             None => Err(FlowError::invalid(
                 "action",
                 format!(
-                    "unknown action {:?}; configured: {}",
-                    truncate(name, 64),
-                    self.actions.keys().cloned().collect::<Vec<_>>().join(", ")
+                    "unknown action {:?} in policy {}; defined: {}",
+                    truncate(name.unwrap_or_default(), 64),
+                    policy.version,
+                    policy
+                        .actions
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             )),
         }
@@ -132,12 +142,61 @@ pub enum FlowError {
     /// The credential is flagged (e.g. its authenticator reported compromised).
     #[error("credential.id: the credential is flagged: {reason}")]
     Flagged { reason: String },
+    /// The credential verified, but does not meet the action's requirement:
+    /// core banking asks for a stronger credential or another factor.
+    #[error("step-up required: {}", .0.reason)]
+    StepUp(Box<StepUp>),
+    /// The policy refuses this credential for this action (a denied model,
+    /// a tier registration no longer admits, a marked credential the action
+    /// refuses).
+    #[error("credential.id: refused by policy: {reason}")]
+    Denied { reason: String },
     /// The key device is away; try again later.
     #[error("key device unavailable: {0}")]
     Unavailable(String),
     /// Something on our side failed; details are logged, not returned.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// What a step-up answer tells core banking: why, and what would do.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepUp {
+    pub action: String,
+    pub reason: String,
+    /// The tiers that meet the action's requirement, strongest first.
+    pub tiers: Vec<u8>,
+    /// The tier of the credential that answered (or the best the user has).
+    pub tier: Option<u8>,
+    pub device_bound: bool,
+    pub user_verification: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<String>,
+    pub policy_version: String,
+    /// Set when an assertion verified: the user is who they said, at a
+    /// lower assurance than the action needs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential_id: Option<String>,
+}
+
+impl StepUp {
+    pub fn new(requirement: &Requirement, reason: String, policy_version: &str) -> StepUp {
+        StepUp {
+            action: requirement.action.clone(),
+            reason,
+            tiers: requirement.tiers(),
+            tier: None,
+            device_bound: requirement.device_bound,
+            user_verification: requirement.user_verification.as_str(),
+            threshold: requirement.threshold.clone(),
+            policy_version: policy_version.to_string(),
+            user_id: None,
+            credential_id: None,
+        }
+    }
 }
 
 impl FlowError {
@@ -162,7 +221,8 @@ impl FlowError {
             FlowError::Counter { .. } => {
                 Some("credential.response.authenticatorData.signCount".into())
             }
-            FlowError::Flagged { .. } => Some("credential.id".into()),
+            FlowError::Flagged { .. } | FlowError::Denied { .. } => Some("credential.id".into()),
+            FlowError::StepUp(_) => None,
             FlowError::Unavailable(_) | FlowError::Internal(_) => None,
         }
     }
@@ -242,6 +302,41 @@ pub fn b64_field(value: &str, field: &str, min: usize, max: usize) -> Result<Vec
         ));
     }
     Ok(bytes)
+}
+
+/// Writes `bytes` to `path` so that a crash leaves the old file or the new
+/// one, never a torn one: a temporary file beside it, fsync, rename, fsync
+/// of the directory. A file that existed keeps its permissions.
+pub fn write_atomically(
+    path: &std::path::Path,
+    bytes: &[u8],
+) -> Result<(), (std::path::PathBuf, std::io::Error)> {
+    use std::io::Write;
+    use std::path::Path;
+    let at = |p: &Path| {
+        let p = p.to_path_buf();
+        move |e| (p, e)
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir).map_err(at(dir))?;
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
+    {
+        let mut f = std::fs::File::create(&tmp).map_err(at(&tmp))?;
+        if let Ok(old) = std::fs::metadata(path) {
+            f.set_permissions(old.permissions()).map_err(at(&tmp))?;
+        }
+        f.write_all(bytes).map_err(at(&tmp))?;
+        f.sync_all().map_err(at(&tmp))?;
+    }
+    std::fs::rename(&tmp, path).map_err(at(path))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(at(dir))
 }
 
 /// For messages that echo client input: at most `max` characters.

@@ -74,22 +74,30 @@ pub fn refusing_status(known: &Known) -> Option<&(String, Option<String>)> {
         .find(|(s, _)| REFUSED_STATUSES.contains(&s.as_str()))
 }
 
+/// Why the model's metadata refuses it, in the words registration
+/// refusals and credential flags both use.
+pub fn refusal_reason(known: &Known) -> Option<String> {
+    let (status, date) = refusing_status(known)?;
+    Some(format!(
+        "FIDO metadata reports {status} for {}{}",
+        known
+            .description
+            .as_deref()
+            .unwrap_or("this authenticator model"),
+        date.as_deref()
+            .map(|d| format!(" (effective {d})"))
+            .unwrap_or_default()
+    ))
+}
+
 /// Checks a verified registration against its model's metadata.
 pub fn check_registration(known: &Known, reg: &Registration) -> Result<(), Error> {
     let model = known
         .description
         .as_deref()
         .unwrap_or("this authenticator model");
-    if let Some((status, date)) = refusing_status(known) {
-        return Err(Error::policy(
-            FIELD,
-            format!(
-                "FIDO metadata reports {status} for {model}{}",
-                date.as_deref()
-                    .map(|d| format!(" (effective {d})"))
-                    .unwrap_or_default()
-            ),
-        ));
+    if let Some(reason) = refusal_reason(known) {
+        return Err(Error::policy(FIELD, reason));
     }
     if reg.attestation_type == AttestationType::None {
         return Ok(());

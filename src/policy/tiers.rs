@@ -21,13 +21,15 @@
 //!
 //! TOML, with a `version` recorded beside every decision and a SHA-256 of
 //! the file's bytes that the audit log records on every change. Errors name
-//! the line. The README's "Trust tiers" section has a worked example.
+//! the line. The README's "Trust policy" section has a worked example;
+//! docs/policy.md documents every key.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::Deserialize;
 
+use super::actions::Action;
 use crate::mds::stored::Known;
 
 /// The largest policy file read.
@@ -72,6 +74,8 @@ pub struct Policy {
     pub version: String,
     /// Lowercase hex SHA-256 of the file's bytes.
     pub sha256: String,
+    /// The file's text, as parsed (what the officer API serves).
+    pub text: String,
     pub tier1_min_certification: usize,
     pub tier1_key_protection: Vec<String>,
     pub tier1_device_bound: bool,
@@ -79,6 +83,8 @@ pub struct Policy {
     pub aaguids: BTreeMap<[u8; 16], Vouch>,
     /// Index 0 is tier 1.
     pub registration: [Admission; 4],
+    /// Per-action requirements; always holds `default`.
+    pub actions: BTreeMap<String, Action>,
 }
 
 /// A policy error: the line (1-based) when the file has one to blame.
@@ -98,6 +104,8 @@ struct RawPolicy {
     #[serde(default)]
     aaguid: Vec<toml::Spanned<RawVouch>>,
     registration: Option<toml::Spanned<RawRegistration>>,
+    #[serde(default)]
+    actions: BTreeMap<String, toml::Spanned<super::actions::RawAction>>,
 }
 
 #[derive(Deserialize)]
@@ -134,7 +142,7 @@ struct RawRegistration {
     tier4: Option<String>,
 }
 
-fn line_of(text: &str, offset: usize) -> usize {
+pub(crate) fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
 
@@ -275,16 +283,27 @@ impl Policy {
                 }
             }
         }
+        let actions = super::actions::parse(text, raw.actions)?;
         Ok(Policy {
             version,
             sha256: crate::audit::hex(&crate::keys::sha256(text.as_bytes())),
+            text: text.to_string(),
             tier1_min_certification: min_cert,
             tier1_key_protection: tier1_kp,
             tier1_device_bound: device_bound,
             tier2_key_protection: tier2_kp,
             aaguids,
             registration,
+            actions,
         })
+    }
+
+    /// The action of that name; `None` names `default`.
+    pub fn action(&self, name: Option<&str>) -> Option<(&str, &Action)> {
+        let name = name.unwrap_or(super::actions::DEFAULT_ACTION);
+        self.actions
+            .get_key_value(name)
+            .map(|(k, v)| (k.as_str(), v))
     }
 
     /// The tier a credential earns, and why.

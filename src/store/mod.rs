@@ -236,6 +236,15 @@ pub struct CredentialRecord {
     /// Accepted with a marking (policy `accept-marked`) for downstream scrutiny.
     #[serde(default)]
     pub marked: bool,
+    /// The attestation chain verified to a root from the model's FIDO
+    /// metadata at registration: what the tier is recomputed from when
+    /// the policy or the catalog changes.
+    #[serde(default)]
+    pub attested: bool,
+    /// For AAGUID-less (U2F) models: the attestation certificate key
+    /// identifier the catalog knew the model by.
+    #[serde(default, with = "serde_opt_bytes")]
+    pub metadata_key_id: Option<Vec<u8>>,
 }
 
 /// Ceremony ids are random 128-bit values chosen by the flow.
@@ -422,6 +431,15 @@ pub trait Store: Send + Sync {
     /// embedded backend: it runs when the metadata catalog changes (daily at
     /// most), never on a request path.
     fn credential_ids_with_aaguid(&self, aaguid: &[u8; 16]) -> Result<Vec<Vec<u8>>, StoreError>;
+    /// Up to `limit` credentials with ids greater than `after` (from the
+    /// first when `None`), ordered by id: a page of a scan over every
+    /// credential, for officer tools (policy simulation), never a request
+    /// path.
+    fn credentials_after(
+        &self,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<CredentialRecord>, StoreError>;
 
     // ---- one-time objects ----
 
@@ -1130,6 +1148,8 @@ mod tests {
             tier_reasons: vec!["attested".into()],
             policy_version: Some("p1".into()),
             marked: false,
+            attested: true,
+            metadata_key_id: None,
         }
     }
 

@@ -816,6 +816,30 @@ impl Store for SledStore {
         Ok(ids)
     }
 
+    fn credentials_after(
+        &self,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<CredentialRecord>, StoreError> {
+        use std::ops::Bound;
+        let start = match after {
+            Some(a) => Bound::Excluded(a.to_vec()),
+            None => Bound::Unbounded,
+        };
+        let mut out = Vec::new();
+        for item in self
+            .credentials
+            .range::<Vec<u8>, _>((start, Bound::Unbounded))
+            .take(limit)
+        {
+            let (key, bytes) = item?;
+            let record: CredentialRecord = decode_record(trees::CREDENTIALS, &key, &bytes)?;
+            check_identity(trees::CREDENTIALS, &key, &record.id)?;
+            out.push(record);
+        }
+        Ok(out)
+    }
+
     fn set_credential_flag(&self, id: &[u8], reason: Option<&str>) -> Result<(), StoreError> {
         check_credential_id(id)?;
         check_flag_reason(reason)?;

@@ -167,6 +167,31 @@ impl SignetServer {
         read(r)
     }
 
+    /// PUTs JSON as `role`; returns status and body (JSON, or Null).
+    pub fn put(&self, role: &str, path: &str, body: &Value) -> (u16, Value) {
+        let r = self
+            .client(role)
+            .put(self.url(path))
+            .json(body)
+            .send()
+            .expect("request");
+        read(r)
+    }
+
+    /// Sends `signal` (e.g. "HUP") to the running server.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// The directory holding the config, the PKI and the store.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     pub fn get(&self, role: &str, path: &str) -> (u16, Value) {
         let r = self
             .client(role)

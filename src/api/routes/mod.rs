@@ -6,3 +6,4 @@ pub mod credentials;
 pub mod events;
 pub mod keys;
 pub mod ops;
+pub mod policy;

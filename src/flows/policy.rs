@@ -78,6 +78,14 @@ impl PolicySlot {
         self.file.as_deref()
     }
 
+    /// Serializes a change; the guard holds the hash of the last file
+    /// content that failed to validate.
+    fn lock_changes(&self) -> Result<std::sync::MutexGuard<'_, Option<String>>, FlowError> {
+        self.change
+            .lock()
+            .map_err(|_| FlowError::Internal("policy lock poisoned".into()))
+    }
+
     fn put(&self, policy: Policy) -> Arc<Policy> {
         let new = Arc::new(policy);
         let mut slot = match self.current.write() {
@@ -175,11 +183,7 @@ pub fn replace(
             reason: "signet runs the built-in policy; set [policy] file in the configuration to manage the policy over the API".into(),
         });
     };
-    let mut failed = s
-        .policy
-        .change
-        .lock()
-        .map_err(|_| FlowError::Internal("policy lock poisoned".into()))?;
+    let mut failed = s.policy.lock_changes()?;
     let old = s.policy.get();
     if !replaces.eq_ignore_ascii_case(&old.sha256) {
         return Err(FlowError::Conflict {
@@ -231,11 +235,7 @@ pub fn reload(s: &Services, via: &str, now: SystemTime) -> Result<Reload, FlowEr
     let Some(file) = s.policy.file() else {
         return Ok(Reload::Unchanged);
     };
-    let mut failed = s
-        .policy
-        .change
-        .lock()
-        .map_err(|_| FlowError::Internal("policy lock poisoned".into()))?;
+    let mut failed = s.policy.lock_changes()?;
     let old = s.policy.get();
     let text = match read_bounded(file) {
         Ok(t) => t,

@@ -168,39 +168,28 @@ impl Decision {
     }
 }
 
-fn rank_uv(u: UserVerification) -> u8 {
-    match u {
-        UserVerification::Discouraged => 0,
-        UserVerification::Preferred => 1,
-        UserVerification::Required => 2,
-    }
+/// The stronger of two requirements by `rank`: a request may raise what
+/// an action pins, never lower it.
+fn raise<T: Copy>(a: T, b: T, rank: fn(T) -> u8) -> T {
+    if rank(b) > rank(a) { b } else { a }
 }
 
 /// The stricter of two user-verification requirements.
 pub fn stricter_uv(a: UserVerification, b: UserVerification) -> UserVerification {
-    if rank_uv(b) > rank_uv(a) { b } else { a }
-}
-
-fn rank_rk(r: ResidentKeyRequirement) -> u8 {
-    match r {
-        ResidentKeyRequirement::Discouraged => 0,
-        ResidentKeyRequirement::Preferred => 1,
-        ResidentKeyRequirement::Required => 2,
-    }
+    raise(a, b, |u| match u {
+        UserVerification::Discouraged => 0,
+        UserVerification::Preferred => 1,
+        UserVerification::Required => 2,
+    })
 }
 
 /// The stricter of two resident-key requirements.
 pub fn stricter_rk(a: ResidentKeyRequirement, b: ResidentKeyRequirement) -> ResidentKeyRequirement {
-    if rank_rk(b) > rank_rk(a) { b } else { a }
-}
-
-fn rank_att(a: AttestationConveyance) -> u8 {
-    match a {
-        AttestationConveyance::None => 0,
-        AttestationConveyance::Indirect => 1,
-        AttestationConveyance::Direct => 2,
-        AttestationConveyance::Enterprise => 3,
-    }
+    raise(a, b, |r| match r {
+        ResidentKeyRequirement::Discouraged => 0,
+        ResidentKeyRequirement::Preferred => 1,
+        ResidentKeyRequirement::Required => 2,
+    })
 }
 
 /// The stronger of two attestation conveyance preferences.
@@ -208,7 +197,12 @@ pub fn stronger_attestation(
     a: AttestationConveyance,
     b: AttestationConveyance,
 ) -> AttestationConveyance {
-    if rank_att(b) > rank_att(a) { b } else { a }
+    raise(a, b, |c| match c {
+        AttestationConveyance::None => 0,
+        AttestationConveyance::Indirect => 1,
+        AttestationConveyance::Direct => 2,
+        AttestationConveyance::Enterprise => 3,
+    })
 }
 
 pub fn attachment_str(a: AuthenticatorAttachment) -> &'static str {

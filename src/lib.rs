@@ -9,6 +9,7 @@ pub mod keys;
 pub mod mds;
 pub mod policy;
 pub mod rfc3339;
+pub mod seal;
 pub mod speed;
 pub mod store;
 #[cfg(feature = "testkit")]

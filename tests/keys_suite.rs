@@ -88,6 +88,47 @@ pub fn ecdh_equals_p256(ring: &KeyRing) {
     }
 }
 
+/// A message sealed to the `token-encryption` key (COSE_Encrypt, ECDH-ES +
+/// HKDF-256) opens with the ECDH run inside the device, and only with the
+/// key it was sealed to: a rotated-away key's messages still open by kid.
+pub fn sealed_messages_open_with_the_device_ecdh(ring: &KeyRing) {
+    use signet::seal::{Envelope, SealError, seal};
+    ring.init().unwrap();
+    let active = ring.active(Role::TokenEncryption).unwrap();
+    let sealed = seal(
+        b"a sealed registration request",
+        &active.public,
+        Some(active.kid.as_bytes()),
+        b"device-1",
+    )
+    .unwrap();
+    let envelope = Envelope::parse(&sealed).unwrap();
+    assert_eq!(envelope.kid.as_deref(), Some(&active.kid.as_bytes()[..]));
+    let (_, secret) = ring
+        .ecdh(Role::TokenEncryption, &envelope.ephemeral)
+        .unwrap();
+    let plain = envelope.open(&secret, b"device-1").unwrap();
+    assert_eq!(&plain[..], b"a sealed registration request");
+    // Sealed to another key: the device's ECDH does not open it.
+    let (_, stranger) = random_peer();
+    let foreign = Envelope::parse(&seal(b"x", &stranger, None, b"").unwrap()).unwrap();
+    let (_, secret) = ring
+        .ecdh(Role::TokenEncryption, &foreign.ephemeral)
+        .unwrap();
+    assert!(matches!(
+        foreign.open(&secret, b""),
+        Err(SealError::Decrypt)
+    ));
+    // After a rotation the old key still opens what was sealed to it.
+    ring.rotate(Role::TokenEncryption).unwrap();
+    let kid = signet::keys::Kid::from_bytes(envelope.kid.as_deref().unwrap()).unwrap();
+    let secret = ring.ecdh_with(&kid, &envelope.ephemeral).unwrap();
+    assert_eq!(
+        &envelope.open(&secret, b"device-1").unwrap()[..],
+        b"a sealed registration request"
+    );
+}
+
 pub fn each_key_does_only_its_purpose(ring: &KeyRing) {
     ring.init().unwrap();
     let (_, peer) = random_peer();
@@ -232,6 +273,11 @@ macro_rules! backend_suite {
             fn ecdh_equals_p256() {
                 let d = $device;
                 super::ecdh_equals_p256(&d.ring());
+            }
+            #[test]
+            fn sealed_messages_open_with_the_device_ecdh() {
+                let d = $device;
+                super::sealed_messages_open_with_the_device_ecdh(&d.ring());
             }
             #[test]
             fn each_key_does_only_its_purpose() {

@@ -8,63 +8,25 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 use signet::config::{Config, Overrides};
 
+use common::docs::{default_literal, repo_file, repo_path, settings_rows};
 use common::server::SignetServer;
 
 /// The roles of the API, and a certificate of the test CA that maps to none.
 const ROLES: [&str; 4] = ["rp", "officer", "auditor", "monitor"];
 const UNMAPPED: &str = "stranger";
 const PROBLEM: &str = "urn:signet:problem:";
-
-fn repo_path(relative: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
-}
-
-fn read(relative: &str) -> String {
-    std::fs::read_to_string(repo_path(relative))
-        .unwrap_or_else(|e| panic!("cannot read {relative}: {e}"))
-}
+/// Documents every configuration key, in settings tables.
+const CONFIG_DOC: &str = "docs/config.md";
 
 fn openapi() -> Value {
-    serde_json::from_str(&read("docs/openapi.json")).expect("docs/openapi.json is JSON")
+    serde_json::from_str(&repo_file("docs/openapi.json")).expect("docs/openapi.json is JSON")
 }
 
 // ---- configuration ----
-
-/// The rows of the settings tables in docs/config.md (tables whose header
-/// starts with `| Key |`): key and the Default cell.
-fn documented_settings() -> Vec<(String, String)> {
-    let text = read("docs/config.md");
-    let mut rows = Vec::new();
-    let mut in_table = false;
-    for line in text.lines() {
-        if line.starts_with("| Key |") {
-            in_table = true;
-            continue;
-        }
-        if !line.starts_with('|') {
-            in_table = false;
-            continue;
-        }
-        if !in_table || line.starts_with("|---") {
-            continue;
-        }
-        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
-        // "| key | type | default | range | meaning |" splits into 7 cells.
-        assert!(cells.len() >= 7, "short settings row: {line}");
-        let key = cells[1].trim_matches('`').to_string();
-        assert!(
-            !key.is_empty() && !key.contains(' '),
-            "bad key cell: {line}"
-        );
-        rows.push((key, cells[3].to_string()));
-    }
-    rows
-}
 
 /// Every leaf key of the example, with `[[clients]]` elements written
 /// `clients[]` and action names `<name>`, as docs/config.md writes them.
@@ -118,14 +80,6 @@ fn tables_for<'a>(root: &'a mut toml::Table, key: &str) -> (Vec<&'a mut toml::Ta
     (tables, leaf.to_string())
 }
 
-/// The Default cell as a TOML value, when it is one (`1024`, `"text"`,
-/// `["ES256"]`); `None` for "required", "none" or a reference to another key.
-fn default_literal(cell: &str) -> Option<toml::Value> {
-    let literal = cell.strip_prefix('`')?.strip_suffix('`')?;
-    let table: toml::Table = toml::from_str(&format!("v = {literal}")).ok()?;
-    table.get("v").cloned()
-}
-
 fn parse_config(text: &str) -> Config {
     Config::parse(
         text,
@@ -137,13 +91,13 @@ fn parse_config(text: &str) -> Config {
 
 #[test]
 fn example_config_parses_and_sets_every_documented_key() {
-    let text = read("signet.example.toml");
+    let text = repo_file("signet.example.toml");
     let config = parse_config(&text);
     assert_eq!(config.clients.len(), 5);
     assert!(config.keys.certificates_dir.is_some());
     assert!(config.policy.is_some());
 
-    let documented = documented_settings();
+    let documented = settings_rows(&repo_file(CONFIG_DOC));
     let doc_keys: BTreeSet<String> = documented.iter().map(|(k, _)| k.clone()).collect();
     assert_eq!(
         doc_keys.len(),
@@ -181,10 +135,10 @@ const NOT_AT_DEFAULT: [&str; 1] = ["tls.crls"];
 /// defaults are the code's.
 #[test]
 fn documented_defaults_are_shown_and_are_the_code_defaults() {
-    let text = read("signet.example.toml");
+    let text = repo_file("signet.example.toml");
     let mut table: toml::Table = toml::from_str(&text).expect("TOML");
     let mut removed = Vec::new();
-    for (key, default) in documented_settings() {
+    for (key, default) in settings_rows(&repo_file(CONFIG_DOC)) {
         let Some(default) = default_literal(&default) else {
             continue;
         };
@@ -300,7 +254,7 @@ fn openapi_document_is_consistent() {
             )
         })
         .collect();
-    let readme = read("README.md");
+    let readme = repo_file("README.md");
     for t in catalogue.keys() {
         let slug = t.strip_prefix(PROBLEM).expect("urn");
         assert!(
@@ -577,6 +531,7 @@ fn a_real_ceremony_answers_as_documented() {
     use signet::testkit::{Attestation, Ceremony, SoftAuthenticator};
     use signet::webauthn::{CoseAlgorithm, b64url_decode};
 
+    use common::ceremony::challenge_of;
     use common::server::{ORIGIN, RP_ID};
 
     let doc = openapi();
@@ -591,12 +546,6 @@ fn a_real_ceremony_answers_as_documented() {
         let what = format!("{method} {path}");
         let value = assert_documented(&doc, operation(&doc, method, template), &answer, &what);
         (answer.status, value)
-    };
-    let challenge = |options: &Value| {
-        let text = options["publicKey"]["challenge"]
-            .as_str()
-            .expect("challenge");
-        b64url_decode("challenge", text, 64).expect("challenge")
     };
 
     let register = "/v1/registrations/options";
@@ -614,7 +563,7 @@ fn a_real_ceremony_answers_as_documented() {
         .expect("user id");
     authenticator.user_handle = b64url_decode("user.id", user_id, 64).expect("user id");
     let parts = authenticator.register(
-        &Ceremony::new(RP_ID, ORIGIN, &challenge(&options)),
+        &Ceremony::new(RP_ID, ORIGIN, &challenge_of(&options)),
         &Attestation::None,
     );
     let verify = json!({"ceremonyId": options["ceremonyId"], "credential": parts.to_json()});
@@ -636,7 +585,7 @@ fn a_real_ceremony_answers_as_documented() {
     let request = json!({"user": {"name": "alice@example.com"}, "userVerification": "required"});
     let (status, options) = call(&rp, "post", path, path, Some(&request));
     assert_eq!(status, 200, "{options}");
-    let parts = authenticator.assert(&Ceremony::new(RP_ID, ORIGIN, &challenge(&options)));
+    let parts = authenticator.assert(&Ceremony::new(RP_ID, ORIGIN, &challenge_of(&options)));
     let verify = json!({"ceremonyId": options["ceremonyId"], "credential": parts.to_json()});
     let path = "/v1/authentications/verify";
     let (status, authenticated) = call(&rp, "post", path, path, Some(&verify));

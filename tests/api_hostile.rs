@@ -10,14 +10,8 @@ use serde_json::{Value, json};
 use signet::testkit::{Attestation, Ceremony, SoftAuthenticator};
 use signet::webauthn::{CoseAlgorithm, b64url, b64url_decode};
 
+use common::ceremony::{assertion_body, challenge_of};
 use common::server::{ORIGIN, RP_ID, SignetServer, read};
-
-fn challenge_of(options: &Value) -> Vec<u8> {
-    let text = options["publicKey"]["challenge"]
-        .as_str()
-        .expect("challenge");
-    b64url_decode("challenge", text, 64).expect("challenge")
-}
 
 /// Paths (JSON pointers) of every leaf and container under `v`.
 fn pointers(v: &Value, at: String, out: &mut Vec<String>) {
@@ -197,8 +191,7 @@ fn mutated_registrations_and_assertions_get_named_4xx_problems() {
             &json!({ "user": { "name": "victim" } }),
         );
         assert_eq!(status, 200, "{options}");
-        let parts = auth.assert(&Ceremony::new(RP_ID, ORIGIN, &challenge_of(&options)));
-        json!({ "ceremonyId": options["ceremonyId"], "credential": parts.to_json() })
+        assertion_body(&options, auth)
     };
     let template = assertion(&mut auth);
     let mut paths = Vec::new();

@@ -271,6 +271,8 @@ fn assert_failed((status, body): &(u16, Value), needle: &str) {
     );
 }
 
+/// The challenge of the conformance tool's options (a top-level
+/// `challenge`, unlike signet's `publicKey.challenge`), 16 to 64 bytes.
 fn challenge_of(options: &Value) -> Vec<u8> {
     let text = options["challenge"].as_str().expect("challenge");
     let challenge = b64url_decode("challenge", text, 64).expect("base64url challenge");

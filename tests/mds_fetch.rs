@@ -1041,10 +1041,7 @@ fn serve_with_an_mds_table_picks_the_blob_up_by_itself() {
             .as_str()
             .expect("user id");
         auth.user_handle = b64url_decode("user.id", user_id, 64).expect("user id");
-        let text = options["publicKey"]["challenge"]
-            .as_str()
-            .expect("challenge");
-        let challenge = b64url_decode("challenge", text, 64).expect("challenge");
+        let challenge = common::ceremony::challenge_of(&options);
         let parts = auth.register(
             &Ceremony::new(common::server::RP_ID, common::server::ORIGIN, &challenge),
             &attestation_pki.packed_attestation(),

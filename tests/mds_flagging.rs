@@ -7,65 +7,43 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Output};
 
 use serde_json::{Value, json};
-use signet::testkit::{Attestation, Ceremony, SoftAuthenticator};
-use signet::webauthn::{CoseAlgorithm, b64url_decode};
+use signet::testkit::SoftAuthenticator;
+use signet::webauthn::CoseAlgorithm;
 
-use common::server::{ORIGIN, RP_ID, SignetServer, signet_bin};
+use common::ceremony::{self, authenticate};
+use common::server::{SignetServer, signet_bin};
 
 const COMPROMISED: &str = "3124626c-73ba-4001-9924-4910d31b4b80";
+/// The conformance MDS BLOB (`test-blob.jwt`) and its root.
+const MDS_VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/vectors/mds");
 
 fn aaguid(text: &str) -> [u8; 16] {
     signet::webauthn::parse_uuid(text).expect("uuid")
 }
 
-fn challenge_of(options: &Value) -> Vec<u8> {
-    let text = options["publicKey"]["challenge"]
-        .as_str()
-        .expect("challenge");
-    b64url_decode("challenge", text, 64).expect("challenge")
-}
-
+/// Registers a fresh authenticator of model `model` for `name`.
 fn register(server: &SignetServer, name: &str, model: [u8; 16]) -> (u16, Value, SoftAuthenticator) {
-    let (status, options) = server.post(
-        "rp",
-        "/v1/registrations/options",
-        &json!({ "user": { "name": name } }),
-    );
-    assert_eq!(status, 200, "{options}");
     let mut auth = SoftAuthenticator::new(CoseAlgorithm::Es256);
     auth.aaguid = model;
-    let uid = options["publicKey"]["user"]["id"]
-        .as_str()
-        .expect("user id");
-    auth.user_handle = b64url_decode("user.id", uid, 64).expect("user id");
-    let parts = auth.register(
-        &Ceremony::new(RP_ID, ORIGIN, &challenge_of(&options)),
-        &Attestation::None,
-    );
-    let (status, answer) = server.post(
-        "rp",
-        "/v1/registrations/verify",
-        &json!({ "ceremonyId": options["ceremonyId"], "credential": parts.to_json() }),
-    );
-    (status, answer, auth)
+    ceremony::register(server, &json!({ "user": { "name": name } }), auth)
 }
 
-fn authenticate(server: &SignetServer, name: &str, auth: &mut SoftAuthenticator) -> (u16, Value) {
-    let (status, options) = server.post(
-        "rp",
-        "/v1/authentications/options",
-        &json!({ "user": { "name": name } }),
-    );
-    assert_eq!(status, 200, "{options}");
-    let parts = auth.assert(&Ceremony::new(RP_ID, ORIGIN, &challenge_of(&options)));
-    server.post(
-        "rp",
-        "/v1/authentications/verify",
-        &json!({ "ceremonyId": options["ceremonyId"], "credential": parts.to_json() }),
-    )
+/// `signet mds import` of the conformance BLOB (which reports
+/// [`COMPROMISED`]) into the stopped `server`'s data directory.
+fn import_conformance_blob(server: &SignetServer) -> Output {
+    let mds = Path::new(MDS_VECTORS);
+    Command::new(signet_bin())
+        .args(["mds", "import"])
+        .arg(mds.join("test-blob.jwt"))
+        .arg("--root")
+        .arg(mds.join("conformance-mds3-root.pem"))
+        .args(["--at", "2022-11-08T00:00:00Z", "--data-dir"])
+        .arg(server.data_dir())
+        .output()
+        .expect("mds import")
 }
 
 #[test]
@@ -83,19 +61,7 @@ fn a_newly_compromised_model_is_flagged_refused_and_reported() {
     // The officer installs the catalog that reports the compromise.
     let (stopped, log) = server.stop();
     assert!(stopped.success(), "{log}");
-    let mds = Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../shared/vectors/mds"
-    ));
-    let out = Command::new(signet_bin())
-        .args(["mds", "import"])
-        .arg(mds.join("test-blob.jwt"))
-        .arg("--root")
-        .arg(mds.join("conformance-mds3-root.pem"))
-        .args(["--at", "2022-11-08T00:00:00Z", "--data-dir"])
-        .arg(server.data_dir())
-        .output()
-        .expect("mds import");
+    let out = import_conformance_blob(&server);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("flagged       1 credential"), "{stderr}");
@@ -152,18 +118,19 @@ fn a_newly_compromised_model_is_flagged_refused_and_reported() {
     assert_eq!(status, 404, "{body}");
     assert_eq!(body["field"], "user.name");
     // The other user's credential still works.
-    let (status, body) = authenticate(&server, "bystander", &mut bystander_auth);
+    let (status, options) = server.post(
+        "rp",
+        "/v1/authentications/options",
+        &json!({ "user": { "name": "bystander" } }),
+    );
+    assert_eq!(status, 200, "{options}");
+    let (status, body) = authenticate(&server, &options, &mut bystander_auth);
     assert_eq!(status, 200, "{body}");
 
     // A discoverable login with the flagged credential is refused too.
     let (status, options) = server.post("rp", "/v1/authentications/options", &json!({}));
     assert_eq!(status, 200);
-    let parts = victim_auth.assert(&Ceremony::new(RP_ID, ORIGIN, &challenge_of(&options)));
-    let (status, body) = server.post(
-        "rp",
-        "/v1/authentications/verify",
-        &json!({ "ceremonyId": options["ceremonyId"], "credential": parts.to_json() }),
-    );
+    let (status, body) = authenticate(&server, &options, &mut victim_auth);
     assert_eq!(status, 403, "{body}");
     assert_eq!(body["type"], "urn:signet:problem:credential-flagged");
 
@@ -203,19 +170,7 @@ fn an_action_may_step_flagged_credentials_up_instead_of_denying() {
     let (status, victim, mut auth) = register(&server, "victim", aaguid(COMPROMISED));
     assert_eq!(status, 200, "{victim}");
     server.stop();
-    let mds = Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../shared/vectors/mds"
-    ));
-    let out = Command::new(signet_bin())
-        .args(["mds", "import"])
-        .arg(mds.join("test-blob.jwt"))
-        .arg("--root")
-        .arg(mds.join("conformance-mds3-root.pem"))
-        .args(["--at", "2022-11-08T00:00:00Z", "--data-dir"])
-        .arg(server.data_dir())
-        .output()
-        .expect("mds import");
+    let out = import_conformance_blob(&server);
     assert!(
         out.status.success(),
         "{}",
@@ -235,12 +190,7 @@ fn an_action_may_step_flagged_credentials_up_instead_of_denying() {
     // The default action still denies; `review` steps up.
     let (status, options) = server.post("rp", "/v1/authentications/options", &json!({}));
     assert_eq!(status, 200);
-    let parts = auth.assert(&Ceremony::new(RP_ID, ORIGIN, &challenge_of(&options)));
-    let (status, body) = server.post(
-        "rp",
-        "/v1/authentications/verify",
-        &json!({ "ceremonyId": options["ceremonyId"], "credential": parts.to_json() }),
-    );
+    let (status, body) = authenticate(&server, &options, &mut auth);
     assert_eq!(status, 403, "{body}");
     assert_eq!(body["type"], "urn:signet:problem:credential-flagged");
 
@@ -257,12 +207,7 @@ fn an_action_may_step_flagged_credentials_up_instead_of_denying() {
         &json!({ "action": "review" }),
     );
     assert_eq!(status, 200);
-    let parts = auth.assert(&Ceremony::new(RP_ID, ORIGIN, &challenge_of(&options)));
-    let (status, body) = server.post(
-        "rp",
-        "/v1/authentications/verify",
-        &json!({ "ceremonyId": options["ceremonyId"], "credential": parts.to_json() }),
-    );
+    let (status, body) = authenticate(&server, &options, &mut auth);
     assert_eq!(status, 403, "{body}");
     assert_eq!(body["type"], "urn:signet:problem:step-up-required");
     assert_eq!(body["credentialId"], victim["credentialId"]);
@@ -285,10 +230,7 @@ fn flagging_completes_a_run_that_was_cut_short() {
 
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Arc::new(SledStore::open(&dir.path().join("data")).expect("store"));
-    let mds = Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../shared/vectors/mds"
-    ));
+    let mds = Path::new(MDS_VECTORS);
     let jwt = std::fs::read(mds.join("test-blob.jwt")).expect("blob");
     let roots =
         metadata::load_roots(Some(&mds.join("conformance-mds3-root.pem")), "root").expect("root");

@@ -11,10 +11,11 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use signet::testkit::{Attestation, Ceremony, SoftAuthenticator};
-use signet::webauthn::{CoseAlgorithm, b64url_decode};
+use signet::testkit::SoftAuthenticator;
+use signet::webauthn::CoseAlgorithm;
 
-use common::server::{ORIGIN, RP_ID, SignetServer, signet_bin};
+use common::ceremony::{authenticate, register};
+use common::server::{SignetServer, signet_bin};
 
 const PROBLEM: &str = "urn:signet:problem:";
 
@@ -294,50 +295,6 @@ at_least = "1000.00"
 min_tier = 3
 "#;
 
-fn challenge_of(options: &Value) -> Vec<u8> {
-    let text = options["publicKey"]["challenge"]
-        .as_str()
-        .expect("challenge");
-    b64url_decode("challenge", text, 64).expect("challenge")
-}
-
-fn register(
-    server: &SignetServer,
-    name: &str,
-    action: Option<&str>,
-) -> (u16, Value, SoftAuthenticator) {
-    let mut body = json!({ "user": { "name": name } });
-    if let Some(a) = action {
-        body["action"] = json!(a);
-    }
-    let (status, options) = server.post("rp", "/v1/registrations/options", &body);
-    assert_eq!(status, 200, "{options}");
-    let mut auth = SoftAuthenticator::new(CoseAlgorithm::Es256);
-    let uid = options["publicKey"]["user"]["id"]
-        .as_str()
-        .expect("user id");
-    auth.user_handle = b64url_decode("user.id", uid, 64).expect("user id");
-    let parts = auth.register(
-        &Ceremony::new(RP_ID, ORIGIN, &challenge_of(&options)),
-        &Attestation::None,
-    );
-    let (status, answer) = server.post(
-        "rp",
-        "/v1/registrations/verify",
-        &json!({ "ceremonyId": options["ceremonyId"], "credential": parts.to_json() }),
-    );
-    (status, answer, auth)
-}
-
-fn verify(server: &SignetServer, options: &Value, auth: &mut SoftAuthenticator) -> (u16, Value) {
-    let parts = auth.assert(&Ceremony::new(RP_ID, ORIGIN, &challenge_of(options)));
-    server.post(
-        "rp",
-        "/v1/authentications/verify",
-        &json!({ "ceremonyId": options["ceremonyId"], "credential": parts.to_json() }),
-    )
-}
-
 #[test]
 fn actions_shape_the_options_and_verification_allows_steps_up_or_denies() {
     let text = policy("acts-1", ACTIONS);
@@ -401,12 +358,20 @@ fn actions_shape_the_options_and_verification_allows_steps_up_or_denies() {
 
     // An unattested, unknown model: tier 4, accepted marked by default,
     // refused by an action that needs tier 2.
-    let (status, reg, mut auth) = register(&server, "alice", None);
+    let (status, reg, mut auth) = register(
+        &server,
+        &json!({ "user": { "name": "alice" } }),
+        SoftAuthenticator::new(CoseAlgorithm::Es256),
+    );
     assert_eq!(status, 200, "{reg}");
     assert_eq!(reg["tier"], 4);
     assert_eq!(reg["decision"], "accept-marked");
     assert_eq!(reg["policyVersion"], "acts-1");
-    let (status, body, _) = register(&server, "bob", Some("strict-enroll"));
+    let (status, body, _) = register(
+        &server,
+        &json!({ "user": { "name": "bob" }, "action": "strict-enroll" }),
+        SoftAuthenticator::new(CoseAlgorithm::Es256),
+    );
     assert_problem(status, &body, 400, "credential-policy");
     let detail = body["detail"].as_str().expect("detail");
     assert!(
@@ -421,7 +386,7 @@ fn actions_shape_the_options_and_verification_allows_steps_up_or_denies() {
         &json!({ "user": { "name": "alice" }, "action": "login" }),
     );
     assert_eq!(status, 200, "{o}");
-    let (status, ok) = verify(&server, &o, &mut auth);
+    let (status, ok) = authenticate(&server, &o, &mut auth);
     assert_eq!(status, 200, "{ok}");
     assert_eq!(ok["decision"], "allow");
     assert_eq!(ok["tier"], 4);
@@ -454,7 +419,7 @@ fn actions_shape_the_options_and_verification_allows_steps_up_or_denies() {
     );
     assert_eq!(status, 200, "{o}");
     assert_eq!(o["publicKey"]["userVerification"], "required");
-    let (status, body) = verify(&server, &o, &mut auth);
+    let (status, body) = authenticate(&server, &o, &mut auth);
     assert_problem(status, &body, 403, "step-up-required");
     assert_eq!(body["credentialId"], reg["credentialId"]);
     assert_eq!(body["userId"], reg["userId"]);
@@ -468,7 +433,7 @@ fn actions_shape_the_options_and_verification_allows_steps_up_or_denies() {
     assert_eq!(step_ups.len(), 1, "{step_ups:?}");
     assert_eq!(step_ups[0]["detail"]["stepUp"]["policyVersion"], "acts-1");
     // The ceremony is spent like any other.
-    let (status, body) = verify(&server, &o, &mut auth);
+    let (status, body) = authenticate(&server, &o, &mut auth);
     assert_problem(status, &body, 409, "ceremony-consumed");
 
     // Payments: the threshold decides.
@@ -482,7 +447,7 @@ fn actions_shape_the_options_and_verification_allows_steps_up_or_denies() {
     };
     let (status, o) = pay("999.99", "EUR");
     assert_eq!(status, 200, "{o}");
-    let (status, ok) = verify(&server, &o, &mut auth);
+    let (status, ok) = authenticate(&server, &o, &mut auth);
     assert_eq!(status, 200, "{ok}");
     assert_eq!(ok["requirement"]["minTier"], 4);
     let (status, body) = pay("1000.00", "EUR");
@@ -544,7 +509,7 @@ fn actions_shape_the_options_and_verification_allows_steps_up_or_denies() {
     );
     assert_problem(status, &body, 404, "not-found");
     let (_, o) = server.post("rp", "/v1/authentications/options", &json!({}));
-    let (status, body) = verify(&server, &o, &mut auth);
+    let (status, body) = authenticate(&server, &o, &mut auth);
     assert_problem(status, &body, 403, "credential-denied");
     assert!(
         body["detail"]
@@ -561,7 +526,11 @@ fn simulation_over_the_api_and_the_cli_agree() {
     let current = policy("sim-0", "");
     let (mut server, dir, _file) = start(&current, 3600);
     for name in ["ann", "ben", "cat"] {
-        let (status, body, _) = register(&server, name, None);
+        let (status, body, _) = register(
+            &server,
+            &json!({ "user": { "name": name } }),
+            SoftAuthenticator::new(CoseAlgorithm::Es256),
+        );
         assert_eq!(status, 200, "{body}");
     }
     let candidate = policy("sim-1", "[actions.login]\nmin_tier = 3\n")

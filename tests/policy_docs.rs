@@ -4,12 +4,15 @@
 //! marked `<!-- policy-docs: parse -->` is a valid policy that sets every
 //! documented key), and it links to the README's guide.
 
+mod common;
+
 use std::collections::BTreeSet;
-use std::path::Path;
 
 use signet::policy::actions::{ACTIONS_MAX, Action, DEFAULT_ACTION, THRESHOLDS_MAX};
 use signet::policy::metadata::REFUSED_STATUSES;
 use signet::policy::tiers::{LEVELS, POLICY_MAX, Policy};
+
+use common::docs::{default_literal, repo_file, settings_rows};
 
 const DOC: &str = "docs/policy.md";
 const PARSE_MARKER: &str = "<!-- policy-docs: parse -->";
@@ -79,58 +82,6 @@ const LITERAL_DEFAULTS: [&str; 16] = [
     "actions.<name>.flagged",
     "actions.<name>.marked",
 ];
-
-fn read(relative: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-/// The rows of the settings tables (header line starting with `| Key |`):
-/// the key and the Default cell.
-fn documented_settings(text: &str) -> Vec<(String, String)> {
-    let mut rows = Vec::new();
-    let mut in_table = false;
-    for line in text.lines() {
-        if line.starts_with("| Key |") {
-            assert_eq!(
-                line.trim_end(),
-                "| Key | Type | Default | Values | Meaning |",
-                "settings table header"
-            );
-            in_table = true;
-            continue;
-        }
-        if !line.starts_with('|') {
-            in_table = false;
-            continue;
-        }
-        if !in_table || line.starts_with("|---") {
-            continue;
-        }
-        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
-        // "| key | type | default | values | meaning |" splits into 7 cells.
-        assert_eq!(cells.len(), 7, "settings row needs 5 cells: {line}");
-        let key = cells[1]
-            .strip_prefix('`')
-            .and_then(|k| k.strip_suffix('`'))
-            .unwrap_or_else(|| panic!("key cell not in backticks: {line}"));
-        assert!(
-            !key.is_empty() && !key.contains([' ', '`']),
-            "bad key cell: {line}"
-        );
-        assert!(!cells[3].is_empty(), "empty Default cell: {line}");
-        rows.push((key.to_string(), cells[3].to_string()));
-    }
-    rows
-}
-
-/// The Default cell as a TOML value, when it is one (`4`, `"L2"`,
-/// `["hardware"]`); `None` for words such as "required" or "none".
-fn default_literal(cell: &str) -> Option<toml::Value> {
-    let literal = cell.strip_prefix('`')?.strip_suffix('`')?;
-    let table: toml::Table = toml::from_str(&format!("v = {literal}")).ok()?;
-    table.get("v").cloned()
-}
 
 /// The fenced ```toml blocks: (marked for parsing as a policy, text).
 fn toml_blocks(text: &str) -> Vec<(bool, String)> {
@@ -267,8 +218,8 @@ fn minimal(key: &str, value: Option<&toml::Value>) -> Vec<String> {
 
 #[test]
 fn the_documented_keys_are_the_parsers_keys() {
-    let doc = read(DOC);
-    let rows = documented_settings(&doc);
+    let doc = repo_file(DOC);
+    let rows = settings_rows(&doc);
     let documented: BTreeSet<&str> = rows.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(documented.len(), rows.len(), "a key is documented twice");
     let expected: BTreeSet<&str> = KEYS.into_iter().collect();
@@ -292,9 +243,9 @@ fn the_documented_keys_are_the_parsers_keys() {
 
 #[test]
 fn documented_defaults_are_the_code_defaults() {
-    let doc = read(DOC);
+    let doc = repo_file(DOC);
     let mut checked = 0;
-    for (key, cell) in documented_settings(&doc) {
+    for (key, cell) in settings_rows(&doc) {
         let Some(default) = default_literal(&cell) else {
             continue;
         };
@@ -328,7 +279,7 @@ fn documented_defaults_are_the_code_defaults() {
 
 #[test]
 fn toml_blocks_are_valid_and_the_full_example_sets_every_key() {
-    let doc = read(DOC);
+    let doc = repo_file(DOC);
     let blocks = toml_blocks(&doc);
     assert!(
         blocks.iter().any(|(marked, _)| *marked),
@@ -353,12 +304,12 @@ fn toml_blocks_are_valid_and_the_full_example_sets_every_key() {
 
 #[test]
 fn links_to_the_guide_and_states_the_decisions() {
-    let doc = read(DOC);
+    let doc = repo_file(DOC);
     assert!(
         doc.contains("](../README.md#trust-policy)"),
         "{DOC}: no link to the guide"
     );
-    assert!(read("README.md").contains("\n## Trust policy\n"));
+    assert!(repo_file("README.md").contains("\n## Trust policy\n"));
     assert!(doc.contains("REVOKED"));
     for status in REFUSED_STATUSES {
         assert!(doc.contains(status), "{DOC} does not name {status}");

@@ -108,10 +108,7 @@ impl Fixture {
             now,
         )
         .expect("options");
-        let text = options["publicKey"]["challenge"]
-            .as_str()
-            .expect("challenge");
-        let challenge = b64url_decode("challenge", text, 64).expect("challenge");
+        let challenge = common::ceremony::challenge_of(&options);
         let parts = auth.register(&Ceremony::new(RP_ID, ORIGIN, &challenge), attestation);
         ceremony::registration_verify(
             &self.services,

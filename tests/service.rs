@@ -9,38 +9,20 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use signet::testkit::{Ceremony, SoftAuthenticator};
-use signet::webauthn::{CoseAlgorithm, b64url, b64url_decode};
+use signet::testkit::SoftAuthenticator;
+use signet::webauthn::{CoseAlgorithm, b64url};
 
-use common::server::{ORIGIN, RP_ID, SignetServer, signet_bin};
+use common::ceremony;
+use common::server::{SignetServer, signet_bin};
 
-fn challenge_of(options: &Value) -> Vec<u8> {
-    let text = options["publicKey"]["challenge"]
-        .as_str()
-        .expect("challenge");
-    b64url_decode("challenge", text, 64).expect("base64url challenge")
-}
-
-/// Registers a fresh soft authenticator for `name`; returns it (with its
-/// user handle set to the one signet chose) and the verify answer.
+/// Registers a fresh soft authenticator for `name`, which must succeed;
+/// returns it (with its user handle set to the one signet chose) and the
+/// verify answer.
 fn register(server: &SignetServer, name: &str) -> (SoftAuthenticator, Value) {
-    let (status, options) = server.post(
-        "rp",
-        "/v1/registrations/options",
+    let (status, answer, authenticator) = ceremony::register(
+        server,
         &json!({ "user": { "name": name, "displayName": "Test User" } }),
-    );
-    assert_eq!(status, 200, "{options}");
-    let mut authenticator = SoftAuthenticator::new(CoseAlgorithm::Es256);
-    let user_id = options["publicKey"]["user"]["id"]
-        .as_str()
-        .expect("user id");
-    authenticator.user_handle = b64url_decode("user.id", user_id, 64).expect("user id");
-    let ceremony = Ceremony::new(RP_ID, ORIGIN, &challenge_of(&options));
-    let parts = authenticator.register(&ceremony, &signet::testkit::Attestation::None);
-    let (status, answer) = server.post(
-        "rp",
-        "/v1/registrations/verify",
-        &json!({ "ceremonyId": options["ceremonyId"], "credential": parts.to_json() }),
+        SoftAuthenticator::new(CoseAlgorithm::Es256),
     );
     assert_eq!(status, 200, "{answer}");
     (authenticator, answer)
@@ -58,9 +40,7 @@ fn assertion_request(
         &json!({ "user": { "name": name } }),
     );
     assert_eq!(status, 200, "{options}");
-    let ceremony = Ceremony::new(RP_ID, ORIGIN, &challenge_of(&options));
-    let parts = authenticator.assert(&ceremony);
-    json!({ "ceremonyId": options["ceremonyId"], "credential": parts.to_json() })
+    ceremony::assertion_body(&options, authenticator)
 }
 
 fn assert_problem(status: u16, body: &Value, want_status: u16, slug: &str) {
@@ -109,12 +89,7 @@ fn register_and_authenticate_over_mutual_tls() {
     let (status, options) = server.post("rp", "/v1/authentications/options", &json!({}));
     assert_eq!(status, 200, "{options}");
     assert_eq!(options["publicKey"]["allowCredentials"], json!([]));
-    let parts = authenticator.assert(&Ceremony::new(RP_ID, ORIGIN, &challenge_of(&options)));
-    let (status, answer) = server.post(
-        "rp",
-        "/v1/authentications/verify",
-        &json!({ "ceremonyId": options["ceremonyId"], "credential": parts.to_json() }),
-    );
+    let (status, answer) = ceremony::authenticate(&server, &options, &mut authenticator);
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["signCount"], 2);
 

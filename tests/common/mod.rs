@@ -2,6 +2,9 @@
 //! swtpm instances, each private to the test that made it.
 #![allow(dead_code)]
 
+#[cfg(feature = "testkit")]
+pub mod ceremony;
+pub mod docs;
 pub mod pki;
 pub mod server;
 pub mod softhsm;

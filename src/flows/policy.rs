@@ -237,9 +237,12 @@ pub fn reload(s: &Services, via: &str, now: SystemTime) -> Result<Reload, FlowEr
     };
     let mut failed = s.policy.lock_changes()?;
     let old = s.policy.get();
-    let text = match read_bounded(file) {
+    let text = match Policy::read_text(file) {
         Ok(t) => t,
-        Err(e) => return report_invalid(s, &mut failed, e.clone(), e, via, now),
+        Err(e) => {
+            let e = e.to_string();
+            return report_invalid(s, &mut failed, e.clone(), e, via, now);
+        }
     };
     let sha = crate::audit::hex(&crate::keys::sha256(text.as_bytes()));
     if sha == old.sha256 {
@@ -289,22 +292,6 @@ fn report_invalid(
     )?;
     *failed = Some(key);
     Ok(Reload::Invalid(error))
-}
-
-fn read_bounded(path: &Path) -> Result<String, String> {
-    use std::io::Read;
-    let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut text = String::new();
-    f.take(POLICY_MAX + 1)
-        .read_to_string(&mut text)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    if text.len() as u64 > POLICY_MAX {
-        return Err(format!(
-            "{}: larger than {POLICY_MAX} bytes",
-            path.display()
-        ));
-    }
-    Ok(text)
 }
 
 // ---- credentials under a policy ----

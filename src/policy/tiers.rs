@@ -153,6 +153,11 @@ impl Policy {
     }
 
     pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+        Policy::parse(&Policy::read_text(path)?)
+    }
+
+    /// A policy file's text, read to at most [`POLICY_MAX`] bytes.
+    pub fn read_text(path: &Path) -> Result<String, PolicyError> {
         use std::io::Read;
         let err = |message: String| PolicyError {
             line: None,
@@ -170,7 +175,7 @@ impl Policy {
                 path.display()
             )));
         }
-        Policy::parse(&text)
+        Ok(text)
     }
 
     pub fn parse(text: &str) -> Result<Policy, PolicyError> {

@@ -2,6 +2,7 @@ pub mod api;
 pub mod audit;
 pub mod config;
 pub mod conformance_proxy;
+pub mod device_attestation;
 pub mod device_token;
 pub mod flows;
 pub mod hex;

@@ -11,6 +11,7 @@
 //!
 //! Nothing here is for production: keys live in memory and failures panic.
 
+pub mod android;
 pub mod keys;
 pub mod pki;
 

@@ -428,7 +428,7 @@ fn chain_field(chain: &[Cert]) -> String {
 /// is self-signed by that key; otherwise anyone could restate the anchor's
 /// name and key with looser constraints or a longer validity, and the
 /// constraints read from the chain would be theirs.
-fn is_anchor(anchor: &Cert, presented: &Cert) -> bool {
+pub(crate) fn is_anchor(anchor: &Cert, presented: &Cert) -> bool {
     anchor.der == presented.der
         || (anchor.tbs().subject() == presented.tbs().subject()
             && anchor.tbs().subject_public_key_info() == presented.tbs().subject_public_key_info()
@@ -441,7 +441,7 @@ fn is_anchor(anchor: &Cert, presented: &Cert) -> bool {
 /// RFC 5280 §6.1.4 (l): pathLenConstraint counts the CA certificates between
 /// an issuer and the leaf, except self-issued ones. `issuer_index` is where
 /// the issuer sits (`chain.len()` for an anchor outside the chain).
-fn intermediates_below(chain: &[Cert], issuer_index: usize) -> usize {
+pub(crate) fn intermediates_below(chain: &[Cert], issuer_index: usize) -> usize {
     chain.get(1..issuer_index).map_or(0, |middle| {
         middle.iter().filter(|c| !c.is_self_issued()).count()
     })
@@ -451,7 +451,7 @@ fn intermediates_below(chain: &[Cert], issuer_index: usize) -> usize {
 /// extension it does not process. These are the ones this engine either
 /// enforces or whose content cannot change the outcome of a path without an
 /// explicit policy requirement.
-fn check_critical_extensions(cert: &Cert) -> Result<(), Error> {
+pub(crate) fn check_critical_extensions(cert: &Cert) -> Result<(), Error> {
     const CERTIFICATE_POLICIES: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.32");
     let known = [
         oid::BASIC_CONSTRAINTS,
@@ -565,7 +565,7 @@ fn verify_issued(cert: &Cert, issuer_key: &VerifyingKey) -> Result<(), Error> {
 }
 
 /// chain[i] must be issued by chain[i + 1].
-fn check_link(chain: &[Cert], i: usize) -> Result<(), Error> {
+pub(crate) fn check_link(chain: &[Cert], i: usize) -> Result<(), Error> {
     let (child, parent) = (&chain[i], &chain[i + 1]);
     if child.tbs().issuer() != parent.tbs().subject() {
         let reversed = parent.tbs().issuer() == child.tbs().subject();
@@ -596,7 +596,12 @@ fn check_link(chain: &[Cert], i: usize) -> Result<(), Error> {
 }
 
 /// `anchor` (named as the top's issuer) is valid now, may issue, and signed `top`.
-fn issued_by_anchor(top: &Cert, anchor: &Cert, below: usize, now: SystemTime) -> Result<(), Error> {
+pub(crate) fn issued_by_anchor(
+    top: &Cert,
+    anchor: &Cert,
+    below: usize,
+    now: SystemTime,
+) -> Result<(), Error> {
     anchor.check_validity(now)?;
     check_issuer(anchor, top, below, true)?;
     verify_issued(top, &anchor.public_key()?)

@@ -33,16 +33,27 @@ const MAX_PURPOSES: usize = 16;
 
 /// Where the attestation (or the key) lives: KeyDescription `SecurityLevel`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum SecurityLevel {
+pub(crate) enum SecurityLevel {
     Software,
     TrustedEnvironment,
     StrongBox,
 }
 
+impl SecurityLevel {
+    /// The name signet records: `software`, `tee` or `strongbox`.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            SecurityLevel::Software => "software",
+            SecurityLevel::TrustedEnvironment => "tee",
+            SecurityLevel::StrongBox => "strongbox",
+        }
+    }
+}
+
 /// The properties of one AuthorizationList that §8.4 looks at.
 #[derive(Debug, Default)]
-struct AuthorizationList {
-    purposes: Option<Vec<u64>>,
+pub(crate) struct AuthorizationList {
+    pub(crate) purposes: Option<Vec<u64>>,
     origin: Option<u64>,
     all_applications: bool,
 }
@@ -50,11 +61,14 @@ struct AuthorizationList {
 /// A parsed KeyDescription; the fields not checked are still decoded, so a
 /// malformed one is refused rather than half-read.
 #[derive(Debug)]
-struct KeyDescription<'a> {
-    attestation_security_level: SecurityLevel,
-    attestation_challenge: &'a [u8],
-    software_enforced: AuthorizationList,
-    tee_enforced: AuthorizationList,
+pub(crate) struct KeyDescription<'a> {
+    pub(crate) attestation_version: u64,
+    pub(crate) attestation_security_level: SecurityLevel,
+    /// keymasterSecurityLevel (KeyMint's, from attestation version 100 on).
+    pub(crate) keymaster_security_level: SecurityLevel,
+    pub(crate) attestation_challenge: &'a [u8],
+    pub(crate) software_enforced: AuthorizationList,
+    pub(crate) tee_enforced: AuthorizationList,
 }
 
 pub fn verify(stmt: &Statement<'_>) -> Result<Verified, Error> {
@@ -119,7 +133,7 @@ pub fn verify(stmt: &Statement<'_>) -> Result<Verified, Error> {
 
 /// The KeyDescription extension value. Exactly one: with two, which one a
 /// verifier reads would decide the outcome.
-fn key_description_extension(leaf: &Cert) -> Result<&[u8], Error> {
+pub(crate) fn key_description_extension(leaf: &Cert) -> Result<&[u8], Error> {
     let path = format!("{}.keyDescription", leaf.field);
     let mut found = leaf
         .tbs()
@@ -142,19 +156,22 @@ fn key_description_extension(leaf: &Cert) -> Result<&[u8], Error> {
 /// Parses a KeyDescription (Android Keystore attestation schema, any
 /// attestationVersion: the top level has not changed since version 1).
 /// `base` is the certificate's JSON path.
-fn parse_key_description<'a>(bytes: &'a [u8], base: &str) -> Result<KeyDescription<'a>, Error> {
+pub(crate) fn parse_key_description<'a>(
+    bytes: &'a [u8],
+    base: &str,
+) -> Result<KeyDescription<'a>, Error> {
     let at = |name: &str| format!("{base}.{name}");
     let outer = AnyRef::from_der(bytes).map_err(|e| Error::malformed(at("keyDescription"), e))?;
     let mut r = sequence_reader(outer, &at("keyDescription"), "a SEQUENCE (KeyDescription)")?;
 
-    let _attestation_version: u64 = r
+    let attestation_version: u64 = r
         .decode()
         .map_err(|e| Error::malformed(at("attestationVersion"), e))?;
     let attestation_security_level = security_level(&mut r, &at("attestationSecurityLevel"))?;
     let _keymaster_version: u64 = r
         .decode()
         .map_err(|e| Error::malformed(at("keymasterVersion"), e))?;
-    let _keymaster_security_level = security_level(&mut r, &at("keymasterSecurityLevel"))?;
+    let keymaster_security_level = security_level(&mut r, &at("keymasterSecurityLevel"))?;
     let challenge: &OctetStringRef = r
         .decode()
         .map_err(|e| Error::malformed(at("attestationChallenge"), e))?;
@@ -170,7 +187,9 @@ fn parse_key_description<'a>(bytes: &'a [u8], base: &str) -> Result<KeyDescripti
         ));
     }
     Ok(KeyDescription {
+        attestation_version,
         attestation_security_level,
+        keymaster_security_level,
         attestation_challenge: challenge.as_bytes(),
         software_enforced,
         tee_enforced,

@@ -64,6 +64,21 @@ pub struct Config {
     pub policy: Option<PathBuf>,
     /// How often the policy file is checked for changes.
     pub policy_reload_interval: Duration,
+    /// Device binding: token and enrollment lifetimes, key attestation.
+    pub devices: DeviceSettings,
+}
+
+#[derive(Clone, Debug)]
+pub struct DeviceSettings {
+    /// How long a registration token may be redeemed after it is issued.
+    pub token_ttl: Duration,
+    /// How long after enrollment a device may still become bound.
+    pub enrollment_ttl: Duration,
+    /// Trust anchors for Android Key Attestation of device keys (PEM
+    /// files); empty: the Google hardware attestation roots in certs/android.
+    pub key_attestation_roots: Vec<PathBuf>,
+    /// Refuse enrollments without a verified key attestation.
+    pub require_key_attestation: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -174,6 +189,18 @@ struct RawConfig {
     actions: Option<toml::Value>,
     mds: Option<RawMds>,
     policy: Option<RawPolicy>,
+    #[serde(default)]
+    devices: RawDevices,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDevices {
+    token_ttl_s: Option<u64>,
+    enrollment_ttl_s: Option<u64>,
+    #[serde(default)]
+    key_attestation_roots: Vec<String>,
+    require_key_attestation: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -650,6 +677,33 @@ fn build(
     };
     let policy_reload_interval = Duration::from_secs(policy_reload_interval);
 
+    let mut key_attestation_roots = Vec::new();
+    for (i, r) in raw.devices.key_attestation_roots.iter().enumerate() {
+        key_attestation_roots.push(resolve(
+            base,
+            r,
+            &format!("devices.key_attestation_roots[{i}]"),
+        )?);
+    }
+    let devices = DeviceSettings {
+        token_ttl: Duration::from_secs(ranged(
+            raw.devices.token_ttl_s,
+            900,
+            "devices.token_ttl_s",
+            60,
+            86_400,
+        )?),
+        enrollment_ttl: Duration::from_secs(ranged(
+            raw.devices.enrollment_ttl_s,
+            30 * 86_400,
+            "devices.enrollment_ttl_s",
+            3600,
+            366 * 86_400,
+        )?),
+        key_attestation_roots,
+        require_key_attestation: raw.devices.require_key_attestation.unwrap_or(false),
+    };
+
     if raw.actions.is_some() {
         return Err(ConfigError::new(
             "actions",
@@ -672,6 +726,7 @@ fn build(
         mds,
         policy,
         policy_reload_interval,
+        devices,
     })
 }
 

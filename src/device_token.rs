@@ -226,6 +226,7 @@ impl Claims {
 }
 
 /// A parsed token whose signature is not yet checked.
+#[derive(Debug)]
 pub struct Token {
     sign1: CoseSign1,
     /// The signing key's id from the protected header.
@@ -419,6 +420,7 @@ impl Request {
 }
 
 /// A parsed request whose signature is not yet checked.
+#[derive(Debug)]
 pub struct SignedRequest {
     sign1: CoseSign1,
 }
@@ -509,7 +511,7 @@ mod tests {
                 "{n}"
             );
         }
-        let e = Token::parse(&vec![0; TOKEN_MAX + 1]).err().expect("big");
+        let e = Token::parse(&vec![0; TOKEN_MAX + 1]).expect_err("big");
         assert!(e.to_string().starts_with("token:"), "{e}");
     }
 
@@ -566,21 +568,17 @@ mod tests {
         let e = SignedRequest::parse(&request(10))
             .expect("parse")
             .verify(&device)
-            .err()
-            .expect("other device");
+            .expect_err("other device");
         assert!(matches!(e, TokenError::DeviceSignature), "{e}");
         assert_eq!(e.field(), "request.signature");
         let bytes = request(9);
         for n in [0, 1, bytes.len() / 2, bytes.len() - 1] {
             let e = SignedRequest::parse(&bytes[..n])
                 .and_then(|r| r.verify(&device))
-                .err()
-                .expect("truncated");
+                .expect_err("truncated");
             assert!(e.field().starts_with("request"), "{n}: {e}");
         }
-        let e = SignedRequest::parse(&vec![0; REQUEST_MAX + 1])
-            .err()
-            .expect("big");
+        let e = SignedRequest::parse(&vec![0; REQUEST_MAX + 1]).expect_err("big");
         assert_eq!(e.field(), "request", "{e}");
     }
 
@@ -610,8 +608,7 @@ mod tests {
         let e = SignedRequest::parse(&bytes)
             .expect("parse")
             .verify(&device)
-            .err()
-            .expect("extra");
+            .expect_err("extra");
         assert_eq!(e.field(), "request.payload", "{e}");
     }
 

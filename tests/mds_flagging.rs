@@ -279,6 +279,8 @@ fn flagging_completes_a_run_that_was_cut_short() {
         marked: false,
         attested: false,
         metadata_key_id: None,
+        device_id: None,
+        disabled: None,
     };
     store
         .insert_credential(&credential(b"victim-credential-1", aaguid(COMPROMISED)))

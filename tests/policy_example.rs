@@ -72,6 +72,8 @@ fn credential(aaguid: [u8; 16], attested: bool, backup_eligible: bool) -> Creden
         marked: false,
         attested,
         metadata_key_id: None,
+        device_id: None,
+        disabled: None,
     }
 }
 

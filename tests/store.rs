@@ -51,6 +51,8 @@ pub mod suite {
             marked: false,
             attested: false,
             metadata_key_id: Some(vec![0xab; 20]),
+            device_id: None,
+            disabled: None,
         }
     }
 
@@ -1087,6 +1089,187 @@ pub mod suite {
     }
 }
 
+pub mod device_suite {
+    use super::suite::{credential, user};
+    use signet::store::{
+        DeviceEvent, DeviceRecord, DeviceState, DeviceToken, Store, StoreError, limits,
+    };
+    use std::sync::Barrier;
+    use std::thread;
+
+    pub fn device(id: u8, user_id: &[u8]) -> DeviceRecord {
+        DeviceRecord {
+            id: [id; 16],
+            revision: 1,
+            state: DeviceState::TokenIssued,
+            user_id: user_id.to_vec(),
+            user_name: format!("user-{id}"),
+            display_name: "User".into(),
+            action: "default".into(),
+            public_key: vec![4; 65],
+            platform: vec![("os".into(), "android".into())],
+            key_attestation: None,
+            reference: Some("KYC-1".into()),
+            created_ms: 1,
+            updated_ms: 1,
+            expires_ms: 1_000_000,
+            token: Some(DeviceToken {
+                id: [id; 16],
+                issued_ms: 1,
+                expires_ms: 1000,
+                redeemed_ms: None,
+            }),
+            credential_ids: Vec::new(),
+            timeline: vec![DeviceEvent {
+                at_ms: 1,
+                event: "enrolled".into(),
+                state: DeviceState::Pending,
+                actor: "client:core".into(),
+                detail: None,
+            }],
+        }
+    }
+
+    fn bumped(d: &DeviceRecord, state: DeviceState) -> DeviceRecord {
+        let mut n = d.clone();
+        n.revision += 1;
+        n.state = state;
+        n
+    }
+
+    pub fn devices(store: &dyn Store) {
+        let d = device(1, &[9; 32]);
+        store.insert_device(&d).unwrap();
+        assert!(matches!(
+            store.insert_device(&d),
+            Err(StoreError::Exists { .. })
+        ));
+        assert_eq!(store.device(&[1; 16]).unwrap().unwrap(), d);
+        assert!(store.device(&[2; 16]).unwrap().is_none());
+        // Compare-and-swap on the revision.
+        let v2 = bumped(&d, DeviceState::Verified);
+        store.update_device(&v2).unwrap();
+        assert!(matches!(
+            store.update_device(&v2),
+            Err(StoreError::Conflict { .. })
+        ));
+        let mut skip = bumped(&v2, DeviceState::TokenIssued);
+        skip.revision += 1;
+        assert!(matches!(
+            store.update_device(&skip),
+            Err(StoreError::Conflict { .. })
+        ));
+        assert!(matches!(
+            store.update_device(&bumped(&device(3, &[9; 32]), DeviceState::Bound)),
+            Err(StoreError::NotFound { .. })
+        ));
+        // Limits are checked before anything is written.
+        let mut big = bumped(&v2, DeviceState::Bound);
+        big.timeline = vec![big.timeline[0].clone(); limits::TIMELINE_MAX + 1];
+        assert!(matches!(
+            store.update_device(&big),
+            Err(StoreError::TooLarge { .. })
+        ));
+        let mut bad = device(4, &[9; 32]);
+        bad.public_key = vec![4; 33];
+        assert!(store.insert_device(&bad).is_err());
+        assert_eq!(store.device(&[1; 16]).unwrap().unwrap().revision, 2);
+    }
+
+    pub fn binding(store: &dyn Store) {
+        let uid = [8; 32];
+        let d = device(1, &uid);
+        store.insert_device(&d).unwrap();
+        let u = user(&uid, "user-1");
+        let mut c = credential(b"cred-1", &uid);
+        c.device_id = Some(d.id.to_vec());
+        let mut bound = bumped(&d, DeviceState::Bound);
+        bound.credential_ids.push(c.id.clone());
+        // A taken credential id: nothing at all is written.
+        let other = user(&[7; 32], "other");
+        store.put_user(&other).unwrap();
+        store
+            .insert_credential(&credential(b"taken", &[7; 32]))
+            .unwrap();
+        let mut taken = c.clone();
+        taken.id = b"taken".to_vec();
+        assert!(matches!(
+            store.bind_device(&bound, &u, &taken),
+            Err(StoreError::Exists { .. })
+        ));
+        assert_eq!(store.device(&d.id).unwrap().unwrap().revision, 1);
+        assert!(store.user_by_id(&uid).unwrap().is_none());
+        // The user name belonging to another id: nothing written either.
+        let thief = user(&uid, "other");
+        assert!(matches!(
+            store.bind_device(&bound, &thief, &c),
+            Err(StoreError::Conflict { .. })
+        ));
+        assert!(store.credential(&c.id).unwrap().is_none());
+        // The real binding: device, user and credential together.
+        store.bind_device(&bound, &u, &c).unwrap();
+        assert_eq!(
+            store.device(&d.id).unwrap().unwrap().state,
+            DeviceState::Bound
+        );
+        assert_eq!(store.user_by_name("user-1").unwrap().unwrap().id, uid);
+        assert_eq!(
+            store.credential(&c.id).unwrap().unwrap().device_id,
+            Some(d.id.to_vec())
+        );
+        // Revocation disables the bound credential in the same step.
+        let revoked = bumped(&bound, DeviceState::Revoked);
+        store.revoke_device(&revoked, "stolen").unwrap();
+        assert_eq!(
+            store
+                .credential(&c.id)
+                .unwrap()
+                .unwrap()
+                .disabled
+                .as_deref(),
+            Some("stolen")
+        );
+        assert!(matches!(
+            store.revoke_device(&revoked, "again"),
+            Err(StoreError::Conflict { .. })
+        ));
+    }
+
+    /// Of many threads binding one device from one revision, exactly one
+    /// succeeds: the registration token is spent once.
+    pub fn binding_race(store: &dyn Store) {
+        let uid = [6; 32];
+        let d = device(1, &uid);
+        store.insert_device(&d).unwrap();
+        let n = 16;
+        let barrier = Barrier::new(n);
+        let wins: usize = thread::scope(|scope| {
+            (0..n)
+                .map(|i| {
+                    let (barrier, d) = (&barrier, &d);
+                    scope.spawn(move || {
+                        let mut c = credential(format!("cred-{i}").as_bytes(), &uid);
+                        c.device_id = Some(d.id.to_vec());
+                        let mut bound = bumped(d, DeviceState::Bound);
+                        bound.credential_ids.push(c.id.clone());
+                        barrier.wait();
+                        match store.bind_device(&bound, &user(&uid, "racer"), &c) {
+                            Ok(()) => 1,
+                            Err(StoreError::Conflict { .. }) => 0,
+                            Err(e) => panic!("{e}"),
+                        }
+                    })
+                })
+                .collect::<Vec<_>>()
+                .into_iter()
+                .map(|h| h.join().unwrap())
+                .sum()
+        });
+        assert_eq!(wins, 1);
+        assert_eq!(store.credentials_by_user(&uid).unwrap().len(), 1);
+    }
+}
+
 /// Runs each named `suite` function against a fresh store from `$open`
 /// (a `fn(&Path) -> impl Store`, given an empty temporary directory).
 macro_rules! backend_tests {
@@ -1127,6 +1310,27 @@ backend_tests!(
         metadata,
         metadata_race,
     ]
+);
+
+macro_rules! device_tests {
+    ($backend:ident, $open:expr, [$($name:ident),* $(,)?]) => {
+        mod $backend {
+            $(
+                #[test]
+                fn $name() {
+                    let dir = tempfile::tempdir().unwrap();
+                    let store = ($open)(dir.path());
+                    super::device_suite::$name(&store);
+                }
+            )*
+        }
+    };
+}
+
+device_tests!(
+    sled_devices,
+    super::open_sled,
+    [devices, binding, binding_race]
 );
 
 #[test]

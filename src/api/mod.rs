@@ -56,6 +56,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(routes::ceremonies::router())
         .merge(routes::credentials::router())
+        .merge(routes::devices::router())
         .merge(routes::events::router())
         .merge(routes::keys::router())
         .merge(routes::audit::router())

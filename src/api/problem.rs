@@ -163,6 +163,42 @@ impl From<FlowError> for Problem {
                 }
                 p
             }
+            FlowError::Device { problem, .. } => {
+                use crate::flows::DeviceProblem as D;
+                let (status, kind, title) = match problem {
+                    D::State => (
+                        StatusCode::CONFLICT,
+                        "device-state",
+                        "The device's state does not allow this step",
+                    ),
+                    D::TokenExpired => (
+                        StatusCode::GONE,
+                        "token-expired",
+                        "The registration token has expired; issue a new one",
+                    ),
+                    D::TokenConsumed => (
+                        StatusCode::CONFLICT,
+                        "token-consumed",
+                        "The registration token was already redeemed",
+                    ),
+                    D::TokenSuperseded => (
+                        StatusCode::CONFLICT,
+                        "token-superseded",
+                        "A newer registration token was issued to this device",
+                    ),
+                    D::TokenInvalid => (
+                        StatusCode::BAD_REQUEST,
+                        "token-invalid",
+                        "Not a registration token of this signet for this device",
+                    ),
+                    D::DeviceSignature => (
+                        StatusCode::FORBIDDEN,
+                        "device-signature",
+                        "The request is not signed by the enrolled device key",
+                    ),
+                };
+                Problem::new(status, kind, title)
+            }
             FlowError::Unavailable(cause) => {
                 tracing::warn!(cause = %cause, "key device unavailable");
                 return Problem::new(

@@ -107,7 +107,12 @@ pub fn prepare(config: &Config, profile: &Profile) -> anyhow::Result<Prepared> {
     };
     let policy = load_policy(config)?;
     tracing::info!(version = %policy.version, sha256 = %policy.sha256, "trust policy loaded");
-    let services = Arc::new(Services::new(config, store, ring, policy));
+    let mut services = Services::new(config, store, ring, policy);
+    if !config.devices.key_attestation_roots.is_empty() {
+        services.devices.key_attestation_roots =
+            load_key_attestation_roots(&config.devices.key_attestation_roots)?;
+    }
+    let services = Arc::new(services);
     let state = AppState {
         services,
         metrics,
@@ -122,6 +127,23 @@ pub fn prepare(config: &Config, profile: &Profile) -> anyhow::Result<Prepared> {
 /// Every `*.pem` certificate in `dir`, keyed by its SPKI so `/v1/keys` can
 /// put it beside the key it certifies. A file that does not parse stops
 /// the start: an officer placed it there on purpose.
+/// `devices.key_attestation_roots`: PEM files of trust anchors for
+/// Android Key Attestation of device keys.
+fn load_key_attestation_roots(paths: &[std::path::PathBuf]) -> anyhow::Result<Vec<Vec<u8>>> {
+    let mut roots = Vec::new();
+    for (i, path) in paths.iter().enumerate() {
+        let key = format!("devices.key_attestation_roots[{i}]");
+        let bytes = crate::api::tls::read_bounded(path, &key)?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| anyhow::anyhow!("{key}: {} is not PEM text", path.display()))?;
+        roots.extend(
+            crate::device_attestation::roots_from_pem(&text)
+                .map_err(|e| anyhow::anyhow!("{key}: {}: {e}", path.display()))?,
+        );
+    }
+    Ok(roots)
+}
+
 fn load_key_certificates(dir: &std::path::Path) -> anyhow::Result<Vec<(Vec<u8>, String)>> {
     use der::{Decode, DecodePem, Encode};
     let mut out = Vec::new();

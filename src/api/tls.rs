@@ -215,7 +215,7 @@ fn hex(bytes: &[u8]) -> String {
     })
 }
 
-fn read_bounded(path: &Path, key: &str) -> Result<Vec<u8>, ConfigError> {
+pub(crate) fn read_bounded(path: &Path, key: &str) -> Result<Vec<u8>, ConfigError> {
     let file = std::fs::File::open(path)
         .map_err(|e| ConfigError::new(key, format!("cannot open {}: {e}", path.display())))?;
     let mut bytes = Vec::new();

@@ -75,14 +75,18 @@ struct AuthenticationState {
 
 // ---- request members ----
 
-fn object<'a>(v: &'a Value, field: &str) -> Result<&'a Map<String, Value>, FlowError> {
+pub(crate) fn object<'a>(v: &'a Value, field: &str) -> Result<&'a Map<String, Value>, FlowError> {
     v.as_object()
         .ok_or_else(|| FlowError::invalid(field, "must be an object"))
 }
 
 /// Refuses members the endpoint does not define: a misspelt option must not
 /// be silently ignored.
-fn only(obj: &Map<String, Value>, allowed: &[&str], path: &str) -> Result<(), FlowError> {
+pub(crate) fn only(
+    obj: &Map<String, Value>,
+    allowed: &[&str],
+    path: &str,
+) -> Result<(), FlowError> {
     match obj.keys().find(|k| !allowed.contains(&k.as_str())) {
         Some(k) => Err(FlowError::invalid(
             format!("{path}{}", truncate(k, 64)),
@@ -92,7 +96,7 @@ fn only(obj: &Map<String, Value>, allowed: &[&str], path: &str) -> Result<(), Fl
     }
 }
 
-fn opt_str<'a>(
+pub(crate) fn opt_str<'a>(
     obj: &'a Map<String, Value>,
     name: &str,
     path: &str,
@@ -107,14 +111,18 @@ fn opt_str<'a>(
     }
 }
 
-fn req_str<'a>(obj: &'a Map<String, Value>, name: &str, path: &str) -> Result<&'a str, FlowError> {
+pub(crate) fn req_str<'a>(
+    obj: &'a Map<String, Value>,
+    name: &str,
+    path: &str,
+) -> Result<&'a str, FlowError> {
     opt_str(obj, name, path)?
         .ok_or_else(|| FlowError::invalid(format!("{path}{name}"), "is required"))
 }
 
 /// A user name or display name: bounded, no control characters (they end
 /// up in authenticator UIs and logs).
-fn user_text(value: &str, field: &str, allow_empty: bool) -> Result<String, FlowError> {
+pub(crate) fn user_text(value: &str, field: &str, allow_empty: bool) -> Result<String, FlowError> {
     if value.is_empty() && !allow_empty {
         return Err(FlowError::invalid(field, "must not be empty"));
     }
@@ -266,7 +274,7 @@ fn state<T: for<'de> Deserialize<'de>>(record: &CeremonyRecord) -> Result<T, Flo
         .map_err(|e| FlowError::Internal(format!("ceremony state unreadable: {e}")))
 }
 
-fn descriptor(c: &CredentialRecord) -> CredentialDescriptor {
+pub(crate) fn descriptor(c: &CredentialRecord) -> CredentialDescriptor {
     CredentialDescriptor {
         id: c.id.clone(),
         transports: c.transports.clone(),
@@ -314,6 +322,12 @@ fn decide(
 ) -> Result<(Decision, u8), FlowError> {
     let known = metadata::lookup_credential(s.store.as_ref(), credential)?;
     let (a, admission) = assess_credential(policy, credential, known.as_ref());
+    // A disabled credential (its device revoked) is refused whatever the
+    // policy says.
+    if let Some(why) = &credential.disabled {
+        let reason = format!("the credential is disabled: {why}");
+        return Ok((Decision::Deny { reason }, a.tier));
+    }
     let d = requirement.decide(&facts(credential, &a, admission));
     Ok((d, a.tier))
 }
@@ -560,18 +574,116 @@ pub fn registration_verify(
         (actor, "registration.refused", &subject, now_ms),
     )?;
 
+    let admitted = match admit_registration(
+        s,
+        &policy,
+        &req,
+        &response,
+        &record.challenge,
+        st.user_verification,
+        &st.user_id,
+        now,
+    ) {
+        Ok(a) => a,
+        Err(e) => {
+            refused(s, actor, "registration.refused", &subject, &e, now_ms)?;
+            return Err(e);
+        }
+    };
+    let credential_id = admitted.record.id.clone();
+    if s.store.credential(&credential_id)?.is_some() {
+        let e = FlowError::Conflict {
+            field: "credential.id".into(),
+            reason: "this credential is already registered".into(),
+        };
+        refused(s, actor, "registration.refused", &subject, &e, now_ms)?;
+        return Err(e);
+    }
+    if st.new_user {
+        let user = User {
+            id: st.user_id.clone(),
+            name: st.user_name.clone(),
+            display_name: st.display_name.clone(),
+            created_ms: now_ms,
+        };
+        match s.store.put_user(&user) {
+            Ok(()) => {}
+            // Two registrations for one new name raced; the first created
+            // the user. Same id: it is ours too. Another id: refuse.
+            Err(StoreError::Exists { .. }) => match s.store.user_by_name(&st.user_name)? {
+                Some(u) if u.id == st.user_id => {}
+                _ => {
+                    return Err(FlowError::Conflict {
+                        field: "user".into(),
+                        reason: "the user was registered concurrently with another id".into(),
+                    });
+                }
+            },
+            Err(e) => return Err(e.into()),
+        }
+    }
+    match s.store.insert_credential(&admitted.record) {
+        Ok(()) => {}
+        Err(StoreError::Exists { .. }) => {
+            return Err(FlowError::Conflict {
+                field: "credential.id".into(),
+                reason: "this credential is already registered".into(),
+            });
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let mut answer = admitted.answer;
+    answer["userName"] = json!(st.user_name);
+    answer["action"] = json!(st.action);
+    let mut detail = admitted.detail;
+    detail["ceremonyId"] = json!(subject);
+    detail["action"] = json!(st.action);
+    s.record(
+        AuditEvent::new(
+            now_ms,
+            actor,
+            "credential.registered",
+            b64url(&credential_id),
+        )
+        .with_detail(detail),
+    )?;
+    Ok(answer)
+}
+
+/// A registration response verified by the engine, checked against the
+/// model's FIDO metadata, tiered and admitted by the policy and the
+/// action: the credential record to store, the answer and the audit
+/// detail. Refusals come back as errors for the caller to audit.
+pub(crate) struct Admitted {
+    pub record: CredentialRecord,
+    pub answer: Value,
+    pub detail: Value,
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn admit_registration(
+    s: &Services,
+    policy: &Policy,
+    req: &Requirement,
+    response: &RegistrationResponse,
+    challenge: &[u8],
+    user_verification: UserVerification,
+    user_id: &[u8],
+    now: SystemTime,
+) -> Result<Admitted, FlowError> {
+    let now_ms = unix_ms(now);
     // The model's FIDO metadata gives the attestation roots, and its
     // statement and status reports decide after the engine has verified.
-    let (known, key_id) = match metadata::lookup(s.store.as_ref(), &response)? {
+    let (known, key_id) = match metadata::lookup(s.store.as_ref(), response)? {
         Some(found) => (Some(found.known), found.key_id),
         None => (None, None),
     };
-    let verified = registration::verify(
-        &response,
+    let reg = registration::verify(
+        response,
         &registration::Expectation {
             rp: &s.rp,
-            challenge: &record.challenge,
-            user_verification: st.user_verification,
+            challenge,
+            user_verification,
             require_user_presence: true,
             policy: &s.attestation,
             trust_anchors: known.as_ref().map_or(&[], |k| k.roots.as_slice()),
@@ -581,15 +693,8 @@ pub fn registration_verify(
     .and_then(|reg| match &known {
         Some(k) => policy::metadata::check_registration(k, &reg).map(|()| reg),
         None => Ok(reg),
-    });
-    let reg = match verified {
-        Ok(r) => r,
-        Err(e) => {
-            let e = FlowError::in_credential(e);
-            refused(s, actor, "registration.refused", &b64url(&id), &e, now_ms)?;
-            return Err(e);
-        }
-    };
+    })
+    .map_err(FlowError::in_credential)?;
 
     // The trust tier, what the registration policy does with it, and
     // whether the action can take it.
@@ -618,46 +723,14 @@ pub fn registration_verify(
         .map(|why| format!("policy {}: {why}", policy.version))
     };
     if let Some(why) = shortfall {
-        let e =
-            FlowError::in_credential(webauthn::Error::policy("response.attestationObject", why));
-        refused(s, actor, "registration.refused", &subject, &e, now_ms)?;
-        return Err(e);
-    }
-
-    if s.store.credential(&reg.credential_id)?.is_some() {
-        let e = FlowError::Conflict {
-            field: "credential.id".into(),
-            reason: "this credential is already registered".into(),
-        };
-        refused(s, actor, "registration.refused", &b64url(&id), &e, now_ms)?;
-        return Err(e);
-    }
-    if st.new_user {
-        let user = User {
-            id: st.user_id.clone(),
-            name: st.user_name.clone(),
-            display_name: st.display_name.clone(),
-            created_ms: now_ms,
-        };
-        match s.store.put_user(&user) {
-            Ok(()) => {}
-            // Two registrations for one new name raced; the first created
-            // the user. Same id: it is ours too. Another id: refuse.
-            Err(StoreError::Exists { .. }) => match s.store.user_by_name(&st.user_name)? {
-                Some(u) if u.id == st.user_id => {}
-                _ => {
-                    return Err(FlowError::Conflict {
-                        field: "user".into(),
-                        reason: "the user was registered concurrently with another id".into(),
-                    });
-                }
-            },
-            Err(e) => return Err(e.into()),
-        }
+        return Err(FlowError::in_credential(webauthn::Error::policy(
+            "response.attestationObject",
+            why,
+        )));
     }
     let record = CredentialRecord {
         id: reg.credential_id.clone(),
-        user_id: st.user_id.clone(),
+        user_id: user_id.to_vec(),
         public_key_cose: reg.public_key.cose.clone(),
         sign_count: reg.sign_count,
         backup_eligible: reg.flags.be,
@@ -680,21 +753,12 @@ pub fn registration_verify(
         marked: admission == Admission::AcceptMarked,
         attested,
         metadata_key_id: key_id,
+        device_id: None,
+        disabled: None,
     };
-    match s.store.insert_credential(&record) {
-        Ok(()) => {}
-        Err(StoreError::Exists { .. }) => {
-            return Err(FlowError::Conflict {
-                field: "credential.id".into(),
-                reason: "this credential is already registered".into(),
-            });
-        }
-        Err(e) => return Err(e.into()),
-    }
     let answer = json!({
         "credentialId": b64url(&reg.credential_id),
-        "userId": b64url(&st.user_id),
-        "userName": st.user_name,
+        "userId": b64url(user_id),
         "aaguid": uuid_text(&reg.aaguid),
         "fmt": reg.fmt,
         "attestationType": record.attestation_type,
@@ -710,30 +774,23 @@ pub fn registration_verify(
         "backupState": reg.flags.bs,
         "signCount": reg.sign_count,
         "transports": record.transports,
-        "action": st.action,
     });
-    s.record(
-        AuditEvent::new(
-            now_ms,
-            actor,
-            "credential.registered",
-            b64url(&reg.credential_id),
-        )
-        .with_detail(json!({
-            "ceremonyId": b64url(&id),
-            "userId": b64url(&st.user_id),
-            "aaguid": uuid_text(&reg.aaguid),
-            "fmt": record.fmt,
-            "attestationType": record.attestation_type,
-            "attestationTrusted": reg.anchored,
-            "tier": assessment.tier,
-            "marked": record.marked,
-            "decision": admission.as_str(),
-            "policyVersion": policy.version,
-            "action": st.action,
-        })),
-    )?;
-    Ok(answer)
+    let detail = json!({
+        "userId": b64url(user_id),
+        "aaguid": uuid_text(&reg.aaguid),
+        "fmt": record.fmt,
+        "attestationType": record.attestation_type,
+        "attestationTrusted": reg.anchored,
+        "tier": assessment.tier,
+        "marked": record.marked,
+        "decision": admission.as_str(),
+        "policyVersion": policy.version,
+    });
+    Ok(Admitted {
+        record,
+        answer,
+        detail,
+    })
 }
 
 // ---- authentication ----
@@ -961,10 +1018,10 @@ fn check_assertion(
     let (decision, tier) = decide(s, policy, req, &cred)?;
     if let Decision::Deny { reason } = &decision {
         return Err(match &cred.flagged {
-            Some(flag) => FlowError::Flagged {
+            Some(flag) if cred.disabled.is_none() => FlowError::Flagged {
                 reason: flag.clone(),
             },
-            None => FlowError::Denied {
+            _ => FlowError::Denied {
                 reason: reason.clone(),
             },
         });
@@ -1020,7 +1077,7 @@ fn transport_hints(given: &[String]) -> Vec<String> {
 }
 
 /// Audits a refused ceremony: failures are what a security team looks for.
-fn refused(
+pub(crate) fn refused(
     s: &Services,
     actor: &str,
     event: &str,

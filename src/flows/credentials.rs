@@ -25,6 +25,8 @@ pub fn credential_json(c: &CredentialRecord) -> Value {
         "createdAt": format_ms(c.created_ms),
         "lastUsedAt": c.last_used_ms.map(format_ms),
         "flagged": c.flagged,
+        "deviceId": c.device_id.as_deref().map(b64url),
+        "disabled": c.disabled,
         "tier": c.tier,
         "tierReasons": c.tier_reasons,
         "marked": c.marked,

@@ -12,6 +12,7 @@
 
 pub mod ceremony;
 pub mod credentials;
+pub mod enrollment;
 pub mod metadata;
 pub mod policy;
 
@@ -38,6 +39,8 @@ pub struct Services {
     pub attestation: AttestationPolicy,
     /// The trust policy in force (tiers, registration, actions).
     pub policy: policy::PolicySlot,
+    /// Device binding: token lifetime, enrollment window, key attestation.
+    pub devices: enrollment::Settings,
 }
 
 impl Services {
@@ -68,6 +71,7 @@ impl Services {
             ceremony_timeout_ms: config.rp.ceremony_timeout_ms,
             attestation: AttestationPolicy::default(),
             policy: policy::PolicySlot::new(policy, config.policy.clone()),
+            devices: enrollment::Settings::from_config(&config.devices),
         }
     }
 
@@ -151,12 +155,36 @@ pub enum FlowError {
     /// refuses).
     #[error("credential.id: refused by policy: {reason}")]
     Denied { reason: String },
+    /// Device binding refused: the problem, and the member at fault.
+    #[error("{field}: {reason}")]
+    Device {
+        problem: DeviceProblem,
+        field: String,
+        reason: String,
+    },
     /// The key device is away; try again later.
     #[error("key device unavailable: {0}")]
     Unavailable(String),
     /// Something on our side failed; details are logged, not returned.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// Why device binding refused a request (each one problem type).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceProblem {
+    /// The device's state does not allow the step (a token for a pending
+    /// device, a second identity outcome, anything on a revoked device).
+    State,
+    TokenExpired,
+    /// The token was redeemed already: the device is bound with it.
+    TokenConsumed,
+    /// A newer token was issued to the device; this one is void.
+    TokenSuperseded,
+    /// Not a token of this signet for this device.
+    TokenInvalid,
+    /// The request is not signed by the enrolled device key.
+    DeviceSignature,
 }
 
 /// What a step-up answer tells core banking: why, and what would do.
@@ -211,6 +239,7 @@ impl FlowError {
     pub fn field(&self) -> Option<String> {
         match self {
             FlowError::Invalid { field, .. }
+            | FlowError::Device { field, .. }
             | FlowError::NotFound { field, .. }
             | FlowError::Conflict { field, .. } => Some(field.clone()),
             FlowError::Ceremony(e) => Some(e.field().to_string()),

@@ -43,6 +43,8 @@
 //! (fsync'd by the backend): [`Store::put_user`], [`Store::insert_credential`],
 //! [`Store::delete_credential`] (when it deleted something),
 //! [`Store::update_after_assertion`], [`Store::set_credential_flag`],
+//! [`Store::insert_device`], [`Store::update_device`],
+//! [`Store::bind_device`], [`Store::revoke_device`],
 //! [`Store::put_one_time`] and [`Store::put_ceremony`], a successful
 //! [`Store::consume_one_time`] / [`Store::consume_ceremony`],
 //! [`Store::append_audit`] and [`Store::put_checkpoint`]. If the flush fails the
@@ -135,6 +137,16 @@ pub mod limits {
     pub const KID_MAX: usize = 128;
     /// Checkpoint signature (room for post-quantum signatures).
     pub const SIGNATURE_MAX: usize = 8 * 1024;
+    /// Platform metadata of an enrolled device: entries, and bytes per key
+    /// or value.
+    pub const PLATFORM_ENTRIES_MAX: usize = 16;
+    pub const DEVICE_TEXT_MAX: usize = 256;
+    /// A device key's verified hardware attestation, as stored (JSON).
+    pub const KEY_ATTESTATION_MAX: usize = 4 * 1024;
+    /// Entries kept in a device's timeline (the audit log keeps them all).
+    pub const TIMELINE_MAX: usize = 64;
+    /// Credentials bound to one device.
+    pub const DEVICE_CREDENTIALS_MAX: usize = 16;
 }
 
 /// Why a store operation failed. Each variant names one cause so callers can
@@ -245,6 +257,122 @@ pub struct CredentialRecord {
     /// identifier the catalog knew the model by.
     #[serde(default, with = "serde_opt_bytes")]
     pub metadata_key_id: Option<Vec<u8>>,
+    /// The enrolled device it was registered from (device binding).
+    #[serde(default, with = "serde_opt_bytes")]
+    pub device_id: Option<Vec<u8>>,
+    /// Why the credential must never be used again (its device was
+    /// revoked); `None` while usable.
+    #[serde(default)]
+    pub disabled: Option<String>,
+}
+
+/// Device ids are random 128-bit values chosen by the enrollment flow.
+pub type DeviceId = [u8; 16];
+
+/// Where a device's enrollment stands. `bound`, `rejected`, `expired` and
+/// `revoked` are final, except that any state may still be revoked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceState {
+    /// Enrolled; the bank's identity verification has not answered yet.
+    Pending,
+    /// The person is verified; no token was issued yet (or issuing failed).
+    Verified,
+    /// A registration token is out; the device has not redeemed it.
+    TokenIssued,
+    /// A passkey was registered from the device with its token.
+    Bound,
+    Rejected,
+    /// Not bound within the enrollment window.
+    Expired,
+    Revoked,
+}
+
+impl DeviceState {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DeviceState::Pending => "pending",
+            DeviceState::Verified => "verified",
+            DeviceState::TokenIssued => "token_issued",
+            DeviceState::Bound => "bound",
+            DeviceState::Rejected => "rejected",
+            DeviceState::Expired => "expired",
+            DeviceState::Revoked => "revoked",
+        }
+    }
+
+    /// Still on its way to `bound`: the enrollment window applies.
+    pub const fn is_open(self) -> bool {
+        matches!(
+            self,
+            DeviceState::Pending | DeviceState::Verified | DeviceState::TokenIssued
+        )
+    }
+}
+
+impl fmt::Display for DeviceState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The registration token a device currently holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceToken {
+    #[serde(with = "serde_bytes_compat")]
+    pub id: [u8; 16],
+    pub issued_ms: u64,
+    pub expires_ms: u64,
+    /// When it was redeemed (the device became bound with it).
+    pub redeemed_ms: Option<u64>,
+}
+
+/// One step of a device's history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceEvent {
+    pub at_ms: u64,
+    /// "enrolled", "verified", "token_issued", "bound", ...
+    pub event: String,
+    /// The state after the event.
+    pub state: DeviceState,
+    pub actor: String,
+    pub detail: Option<String>,
+}
+
+/// An enrolled device (device binding): its key, its user, where its
+/// enrollment stands, and how it got there.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    #[serde(with = "serde_bytes_compat")]
+    pub id: DeviceId,
+    /// Raised by one with every change: [`Store::update_device`] and
+    /// [`Store::bind_device`] are compare-and-swap on it, so of two
+    /// concurrent transitions from one state only one happens.
+    pub revision: u64,
+    pub state: DeviceState,
+    #[serde(with = "serde_bytes_compat")]
+    pub user_id: Vec<u8>,
+    pub user_name: String,
+    pub display_name: String,
+    /// The policy action the passkey is registered under.
+    pub action: String,
+    /// The device's P-256 public key, SEC1 uncompressed (65 bytes).
+    #[serde(with = "serde_bytes_compat")]
+    pub public_key: Vec<u8>,
+    pub platform: Vec<(String, String)>,
+    /// The verified hardware attestation of the device key (JSON), if the
+    /// app sent one.
+    #[serde(with = "serde_opt_bytes")]
+    pub key_attestation: Option<Vec<u8>>,
+    /// The bank's reference for its identity verification.
+    pub reference: Option<String>,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+    /// Unbound by then, the enrollment expires.
+    pub expires_ms: u64,
+    pub token: Option<DeviceToken>,
+    pub credential_ids: Vec<Vec<u8>>,
+    pub timeline: Vec<DeviceEvent>,
 }
 
 /// Ceremony ids are random 128-bit values chosen by the flow.
@@ -440,6 +568,32 @@ pub trait Store: Send + Sync {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<CredentialRecord>, StoreError>;
+
+    // ---- enrolled devices ----
+
+    /// Stores a newly enrolled device (`revision` 1). `Exists` if the id
+    /// is taken.
+    fn insert_device(&self, device: &DeviceRecord) -> Result<(), StoreError>;
+    fn device(&self, id: &DeviceId) -> Result<Option<DeviceRecord>, StoreError>;
+    /// Replaces the device record if the stored one has `revision - 1`
+    /// (`Conflict` otherwise: another transition came first; `NotFound`
+    /// if absent).
+    fn update_device(&self, device: &DeviceRecord) -> Result<(), StoreError>;
+    /// Binding, as one atomic step: the device record replaced as by
+    /// [`Store::update_device`], the user created unless it exists (with
+    /// the same id and name; `Conflict` if the name or id belongs to
+    /// another), and the credential inserted as by
+    /// [`Store::insert_credential`]. All or nothing.
+    fn bind_device(
+        &self,
+        device: &DeviceRecord,
+        user: &User,
+        credential: &CredentialRecord,
+    ) -> Result<(), StoreError>;
+    /// Revocation, as one atomic step: the device record replaced as by
+    /// [`Store::update_device`], and every credential it names disabled
+    /// with `reason`.
+    fn revoke_device(&self, device: &DeviceRecord, reason: &str) -> Result<(), StoreError>;
 
     // ---- one-time objects ----
 
@@ -722,7 +876,71 @@ impl CredentialRecord {
         if let Some(v) = &self.policy_version {
             check_len("policy version", v.len(), 1, limits::SHORT_TEXT_MAX)?;
         }
+        if let Some(d) = &self.device_id {
+            check_len("device id", d.len(), 16, 16)?;
+        }
+        check_flag_reason(self.disabled.as_deref())?;
         check_flag_reason(self.flagged.as_deref())
+    }
+}
+
+impl DeviceRecord {
+    pub fn validate(&self) -> Result<(), StoreError> {
+        check_user_id(&self.user_id)?;
+        check_len("user name", self.user_name.len(), 1, limits::USER_NAME_MAX)?;
+        check_len(
+            "display name",
+            self.display_name.len(),
+            0,
+            limits::DISPLAY_NAME_MAX,
+        )?;
+        check_len("action", self.action.len(), 1, limits::SHORT_TEXT_MAX)?;
+        check_len("device public key", self.public_key.len(), 65, 65)?;
+        if self.platform.len() > limits::PLATFORM_ENTRIES_MAX {
+            return Err(StoreError::TooLarge {
+                field: "platform",
+                limit: limits::PLATFORM_ENTRIES_MAX,
+            });
+        }
+        for (k, v) in &self.platform {
+            check_len("platform key", k.len(), 1, limits::DEVICE_TEXT_MAX)?;
+            check_len("platform value", v.len(), 0, limits::DEVICE_TEXT_MAX)?;
+        }
+        if let Some(a) = &self.key_attestation {
+            check_len("key attestation", a.len(), 1, limits::KEY_ATTESTATION_MAX)?;
+        }
+        if let Some(r) = &self.reference {
+            check_len("reference", r.len(), 0, limits::DEVICE_TEXT_MAX)?;
+        }
+        if self.credential_ids.len() > limits::DEVICE_CREDENTIALS_MAX {
+            return Err(StoreError::TooLarge {
+                field: "device credentials",
+                limit: limits::DEVICE_CREDENTIALS_MAX,
+            });
+        }
+        for c in &self.credential_ids {
+            check_credential_id(c)?;
+        }
+        if self.timeline.len() > limits::TIMELINE_MAX {
+            return Err(StoreError::TooLarge {
+                field: "timeline",
+                limit: limits::TIMELINE_MAX,
+            });
+        }
+        for e in &self.timeline {
+            check_len("timeline event", e.event.len(), 1, limits::SHORT_TEXT_MAX)?;
+            check_len("timeline actor", e.actor.len(), 0, limits::DEVICE_TEXT_MAX)?;
+            if let Some(d) = &e.detail {
+                check_len("timeline detail", d.len(), 0, limits::FLAG_REASON_MAX)?;
+            }
+        }
+        if self.revision == 0 {
+            return Err(StoreError::Invalid {
+                field: "device revision",
+                detail: "starts at 1".into(),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -1150,6 +1368,8 @@ mod tests {
             marked: false,
             attested: true,
             metadata_key_id: None,
+            device_id: None,
+            disabled: None,
         }
     }
 

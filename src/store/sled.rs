@@ -16,6 +16,7 @@
 //! | `users_by_name` | name (UTF-8) | user id |
 //! | `credentials` | credential id | [`CredentialRecord`] |
 //! | `credentials_by_user` | `len(user id) ‖ user id ‖ credential id` | empty |
+//! | `devices` | device id | [`DeviceRecord`] |
 //! | `one_time` | `kind tag ‖ id` | expiry and body |
 //! | `tombstones` | `kind tag ‖ id` | consumed/expired, when, purge time |
 //! | `expiry` | `time (BE u64) ‖ live/tombstone ‖ kind tag ‖ id` | empty |
@@ -49,9 +50,9 @@ use sled::{IVec, Tree};
 
 use super::{
     AUDIT_GENESIS_PREV_HASH, AuditBuilder, AuditEntry, CatalogInfo, Checkpoint, CredentialRecord,
-    GroupCommit, MetadataEntry, MetadataStatus, OneTime, Store, StoreError, User, bounded_text,
-    check_catalog, check_credential_id, check_flag_reason, check_one_time, decode_record,
-    encode_record, hex,
+    DeviceId, DeviceRecord, GroupCommit, MetadataEntry, MetadataStatus, OneTime, Store, StoreError,
+    User, bounded_text, check_catalog, check_credential_id, check_flag_reason, check_one_time,
+    decode_record, encode_record, hex,
 };
 
 /// Tree names, public so tests (and forensic tools) can reach the raw data.
@@ -60,6 +61,7 @@ pub mod trees {
     pub const USERS_BY_NAME: &str = "users_by_name";
     pub const CREDENTIALS: &str = "credentials";
     pub const CREDENTIALS_BY_USER: &str = "credentials_by_user";
+    pub const DEVICES: &str = "devices";
     pub const ONE_TIME: &str = "one_time";
     pub const TOMBSTONES: &str = "tombstones";
     pub const EXPIRY: &str = "expiry";
@@ -116,6 +118,7 @@ pub struct SledStore {
     users_by_name: Tree,
     credentials: Tree,
     credentials_by_user: Tree,
+    devices: Tree,
     one_time: Tree,
     tombstones: Tree,
     expiry: Tree,
@@ -194,6 +197,36 @@ fn decode_tx<T: serde::de::DeserializeOwned>(
     bytes: &[u8],
 ) -> TxResult<T> {
     decode_record(tree, key, bytes).map_err(ConflictableTransactionError::Abort)
+}
+
+/// Inside a transaction: replaces the device record if the stored one is
+/// the revision before `device`'s.
+fn swap_device(
+    devices: &sled::transaction::TransactionalTree,
+    device: &DeviceRecord,
+    value: &[u8],
+) -> TxResult<()> {
+    let Some(bytes) = devices.get(device.id)? else {
+        return abort(StoreError::NotFound { what: "device" });
+    };
+    let stored: DeviceRecord = decode_tx(trees::DEVICES, &device.id, &bytes)?;
+    if stored.id != device.id {
+        return abort(corrupt(
+            trees::DEVICES,
+            &device.id,
+            "record carries another id than its key",
+        ));
+    }
+    if stored.revision.checked_add(1) != Some(device.revision) {
+        return abort(StoreError::Conflict {
+            detail: format!(
+                "device changed concurrently (revision {} stored, {} written)",
+                stored.revision, device.revision
+            ),
+        });
+    }
+    devices.insert(device.id.as_slice(), value)?;
+    Ok(())
 }
 
 fn corrupt(tree: &'static str, key: &[u8], detail: &str) -> StoreError {
@@ -302,6 +335,7 @@ impl SledStore {
             users_by_name: tree(trees::USERS_BY_NAME)?,
             credentials: tree(trees::CREDENTIALS)?,
             credentials_by_user: tree(trees::CREDENTIALS_BY_USER)?,
+            devices: tree(trees::DEVICES)?,
             one_time: tree(trees::ONE_TIME)?,
             tombstones: tree(trees::TOMBSTONES)?,
             expiry: tree(trees::EXPIRY)?,
@@ -847,6 +881,123 @@ impl Store for SledStore {
             record.flagged = reason.map(str::to_owned);
             Ok(())
         })
+    }
+
+    fn insert_device(&self, device: &DeviceRecord) -> Result<(), StoreError> {
+        device.validate()?;
+        if device.revision != 1 {
+            return Err(StoreError::Invalid {
+                field: "device revision",
+                detail: "a new device starts at revision 1".into(),
+            });
+        }
+        let value = encode_record(device)?;
+        self.devices
+            .compare_and_swap(device.id, None as Option<&[u8]>, Some(value))?
+            .map_err(|_| StoreError::Exists { what: "device id" })?;
+        self.durable()
+    }
+
+    fn device(&self, id: &DeviceId) -> Result<Option<DeviceRecord>, StoreError> {
+        let Some(bytes) = self.devices.get(id)? else {
+            return Ok(None);
+        };
+        let record: DeviceRecord = decode_record(trees::DEVICES, id, &bytes)?;
+        check_identity(trees::DEVICES, id, &record.id)?;
+        Ok(Some(record))
+    }
+
+    fn update_device(&self, device: &DeviceRecord) -> Result<(), StoreError> {
+        device.validate()?;
+        let value = encode_record(device)?;
+        self.devices
+            .transaction(|devices| swap_device(devices, device, &value))
+            .map_err(tx_error)?;
+        self.durable()
+    }
+
+    fn bind_device(
+        &self,
+        device: &DeviceRecord,
+        user: &User,
+        credential: &CredentialRecord,
+    ) -> Result<(), StoreError> {
+        device.validate()?;
+        user.validate()?;
+        credential.validate()?;
+        if credential.user_id != user.id {
+            return Err(StoreError::Invalid {
+                field: "credential user id",
+                detail: "is not the user's".into(),
+            });
+        }
+        let device_value = encode_record(device)?;
+        let user_value = encode_record(user)?;
+        let credential_value = encode_record(credential)?;
+        let index_key =
+            by_user_key(&credential.user_id, &credential.id).ok_or(StoreError::Invalid {
+                field: "user id",
+                detail: "not a valid user handle".into(),
+            })?;
+        (
+            &self.devices,
+            &self.users,
+            &self.users_by_name,
+            &self.credentials,
+            &self.credentials_by_user,
+        )
+            .transaction(
+                |(devices, users, by_name, credentials, by_user)| -> TxResult<()> {
+                    swap_device(devices, device, &device_value)?;
+                    match (users.get(&user.id)?, by_name.get(user.name.as_bytes())?) {
+                        (None, None) => {
+                            users.insert(user.id.as_slice(), user_value.as_slice())?;
+                            by_name.insert(user.name.as_bytes(), user.id.as_slice())?;
+                        }
+                        (Some(_), Some(id)) if id.as_ref() == user.id.as_slice() => {}
+                        _ => {
+                            return abort(StoreError::Conflict {
+                                detail: "the user name or id belongs to another user".into(),
+                            });
+                        }
+                    }
+                    if credentials.get(&credential.id)?.is_some() {
+                        return abort(StoreError::Exists {
+                            what: "credential id",
+                        });
+                    }
+                    credentials.insert(credential.id.as_slice(), credential_value.as_slice())?;
+                    by_user.insert(index_key.as_slice(), IVec::default())?;
+                    Ok(())
+                },
+            )
+            .map_err(tx_error)?;
+        self.durable()
+    }
+
+    fn revoke_device(&self, device: &DeviceRecord, reason: &str) -> Result<(), StoreError> {
+        device.validate()?;
+        check_flag_reason(Some(reason))?;
+        let value = encode_record(device)?;
+        (&self.devices, &self.credentials)
+            .transaction(|(devices, credentials)| -> TxResult<()> {
+                swap_device(devices, device, &value)?;
+                for id in &device.credential_ids {
+                    let Some(bytes) = credentials.get(id)? else {
+                        continue; // deleted by an officer meanwhile
+                    };
+                    let mut record: CredentialRecord = decode_tx(trees::CREDENTIALS, id, &bytes)?;
+                    if record.disabled.is_none() {
+                        record.disabled = Some(reason.to_string());
+                        let v =
+                            encode_record(&record).map_err(ConflictableTransactionError::Abort)?;
+                        credentials.insert(id.as_slice(), v)?;
+                    }
+                }
+                Ok(())
+            })
+            .map_err(tx_error)?;
+        self.durable()
     }
 
     fn put_one_time(

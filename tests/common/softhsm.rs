@@ -34,6 +34,9 @@ pub fn conf() -> &'static Path {
             .unwrap_or_else(std::env::temp_dir);
         let dir = base.join(format!("signet-softhsm-{}", std::process::id()));
         let tokens = dir.join("tokens");
+        // Left by an earlier process that had this pid and died before
+        // cleaning up: its tokens would share our labels.
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&tokens).expect("create token dir");
         let conf = dir.join("softhsm2.conf");
         std::fs::write(

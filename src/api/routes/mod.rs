@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod ceremonies;
 pub mod credentials;
+pub mod devices;
 pub mod events;
 pub mod keys;
 pub mod ops;

@@ -3,6 +3,8 @@ pub mod audit;
 pub mod config;
 pub mod conformance_proxy;
 pub mod device_attestation;
+#[cfg(feature = "testkit")]
+pub mod device_sim;
 pub mod device_token;
 pub mod flows;
 pub mod hex;

@@ -61,6 +61,29 @@ enum Command {
     /// certification tool, forwarding to a signet over mutual TLS (test labs
     /// only; the appliance itself never listens without client authentication).
     ConformanceProxy(signet::conformance_proxy::ProxyArgs),
+    /// Play the bank's app end to end against a running signet: enroll a
+    /// device, bind a passkey to it with a registration token, log in with
+    /// it (test builds only: cargo feature testkit).
+    #[cfg(feature = "testkit")]
+    #[command(
+        long_about = "Play the bank's app (and core banking's relay) end to end against \
+a running signet, over mutual TLS as the rp client: generate a device key, enroll the device \
+(POST /v1/devices), report the person verified (POST /v1/devices/{id}/verification), open the \
+sealed registration token and verify its signature against the pinned token-signing key, check \
+the creation options against the token, create a passkey with the soft authenticator, seal the \
+signed registration request to the pinned token-encryption key and send it (POST \
+/v1/devices/{id}/registration), then log in with the new passkey. Each step prints one line as it \
+completes; the last is `device-sim: device ID is bound (credential ID, user NAME)`. The first \
+failure prints `device-sim: STEP: failed: REASON` on stderr and exits 1.\n\n\
+DIR is what scripts/dev-up made (its --dir, default var/dev) and must contain:\n  \
+pki/ca.pem                  the dev CA that signed signet's server certificate\n  \
+pki/rp.pem, pki/rp.key      the rp client certificate and its key\n  \
+keys/token-signing.pem      the pinned token-signing public key (SPKI PEM)\n  \
+keys/token-encryption.pem   the pinned token-encryption public key (SPKI PEM)\n\
+scripts/dev-up writes both with `signet hsm export --role ROLE --format pem`.\n\n\
+Example:\n  signet device-sim --server https://localhost:8443 --dev-dir var/dev"
+    )]
+    DeviceSim(signet::device_sim::DeviceSimArgs),
     /// Provision and manage the backend keys in an HSM slot or a TPM.
     #[command(subcommand)]
     Hsm(HsmCommand),
@@ -360,6 +383,10 @@ fn main() -> ExitCode {
         };
     }
     init_logging(cli.log.as_deref().unwrap_or("warn"), cli.log_json);
+    #[cfg(feature = "testkit")]
+    if let Command::DeviceSim(args) = cli.command {
+        return signet::device_sim::run(args);
+    }
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -453,6 +480,8 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Hsm(hsm) => hsm,
         Command::Serve(_) => anyhow::bail!("serve is dispatched before run"),
         Command::ConformanceProxy(args) => return signet::conformance_proxy::run(args),
+        #[cfg(feature = "testkit")]
+        Command::DeviceSim(_) => anyhow::bail!("device-sim is dispatched before run"),
         Command::Verify(verify) => return run_verify(verify),
         Command::Audit(audit) => return run_audit(audit),
         Command::Policy(policy) => return policy_cmd::run(policy),

@@ -33,9 +33,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{Value, json};
 
 use crate::keys::{EcPublicKey, Kid};
+use crate::testkit::Ceremony;
 use crate::testkit::device::SoftDevice;
-use crate::testkit::{Attestation, Ceremony, SoftAuthenticator};
-use crate::webauthn::{CoseAlgorithm, b64url, b64url_decode};
+use crate::webauthn::{b64url, b64url_decode};
 
 /// The largest file read from the dev directory (certificates, keys).
 const FILE_MAX: u64 = 64 * 1024;
@@ -305,14 +305,8 @@ fn simulate(args: &DeviceSimArgs, steps: &mut Steps) -> Result<Bound, Failure> {
         Some(o) => o.clone(),
         None => format!("https://{rp_id}"),
     };
-    let mut authenticator = SoftAuthenticator::new(CoseAlgorithm::Es256);
-    authenticator.user_handle = opened.claims.user_handle.clone();
-    let registration = authenticator
-        .register(
-            &Ceremony::new(&rp_id, &origin, &opened.challenge()),
-            &Attestation::None,
-        )
-        .to_json();
+    let (mut authenticator, registration) =
+        crate::testkit::device::create_passkey(options, &origin).at(step::CREATE_PASSKEY)?;
     let credential_id = b64url(&authenticator.credential_id);
     steps.ok(
         step::CREATE_PASSKEY,
@@ -507,15 +501,7 @@ impl DevDir {
 }
 
 fn read_bounded(path: &Path) -> Result<Vec<u8>, String> {
-    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut bytes = Vec::new();
-    file.take(FILE_MAX + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    if bytes.len() as u64 > FILE_MAX {
-        return Err(format!("{}: larger than {FILE_MAX} bytes", path.display()));
-    }
-    Ok(bytes)
+    crate::files::read_bounded(path, FILE_MAX)
 }
 
 fn pem_text(path: &Path) -> Result<String, String> {

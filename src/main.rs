@@ -5,7 +5,6 @@
 //! 1, usage errors exit 2.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -835,21 +834,12 @@ pub(crate) fn read_bounded(path: &Path, limit: u64, flag: Option<&str>) -> anyho
         Some(f) => format!("{f} {}", path.display()),
         None => path.display().to_string(),
     };
-    let (name, reader): (String, Box<dyn Read>) = if path == Path::new("-") {
-        ("stdin".into(), Box::new(std::io::stdin().lock()))
-    } else {
-        let file = std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{shown}: {e}"))?;
-        (shown, Box::new(file))
-    };
-    let mut buf = Vec::new();
-    reader
-        .take(limit + 1)
-        .read_to_end(&mut buf)
-        .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
-    if buf.len() as u64 > limit {
-        anyhow::bail!("{name}: larger than {limit} bytes");
+    if path == Path::new("-") {
+        return signet::files::read_limited(std::io::stdin().lock(), limit, "stdin")
+            .map_err(|e| anyhow::anyhow!(e));
     }
-    Ok(buf)
+    let file = std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{shown}: {e}"))?;
+    signet::files::read_limited(file, limit, &shown).map_err(|e| anyhow::anyhow!(e))
 }
 
 /// Every certificate in a PEM file, in order, each with its exact DER.

@@ -30,7 +30,6 @@
 //!   `tls.crls[N]`), like every configuration error. Files are read up to
 //!   [`PKI_FILE_MAX`] bytes.
 
-use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -216,19 +215,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 pub(crate) fn read_bounded(path: &Path, key: &str) -> Result<Vec<u8>, ConfigError> {
-    let file = std::fs::File::open(path)
-        .map_err(|e| ConfigError::new(key, format!("cannot open {}: {e}", path.display())))?;
-    let mut bytes = Vec::new();
-    file.take(PKI_FILE_MAX + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| ConfigError::new(key, format!("cannot read {}: {e}", path.display())))?;
-    if bytes.len() as u64 > PKI_FILE_MAX {
-        return Err(ConfigError::new(
-            key,
-            format!("{} is larger than {PKI_FILE_MAX} bytes", path.display()),
-        ));
-    }
-    Ok(bytes)
+    crate::files::read_bounded(path, PKI_FILE_MAX).map_err(|e| ConfigError::new(key, e))
 }
 
 /// The PEM certificates of `path`, at least one.

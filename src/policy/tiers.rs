@@ -158,24 +158,12 @@ impl Policy {
 
     /// A policy file's text, read to at most [`POLICY_MAX`] bytes.
     pub fn read_text(path: &Path) -> Result<String, PolicyError> {
-        use std::io::Read;
         let err = |message: String| PolicyError {
             line: None,
             message,
         };
-        let file =
-            std::fs::File::open(path).map_err(|e| err(format!("{}: {e}", path.display())))?;
-        let mut text = String::new();
-        file.take(POLICY_MAX + 1)
-            .read_to_string(&mut text)
-            .map_err(|e| err(format!("{}: {e}", path.display())))?;
-        if text.len() as u64 > POLICY_MAX {
-            return Err(err(format!(
-                "{}: larger than {POLICY_MAX} bytes",
-                path.display()
-            )));
-        }
-        Ok(text)
+        let bytes = crate::files::read_bounded(path, POLICY_MAX).map_err(err)?;
+        String::from_utf8(bytes).map_err(|_| err(format!("{}: not UTF-8 text", path.display())))
     }
 
     pub fn parse(text: &str) -> Result<Policy, PolicyError> {

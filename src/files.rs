@@ -1,0 +1,46 @@
+//! Reading what an operator, an officer or a peer controls: a file is
+//! never read past its limit, so a wrong path (a device, a log) or a
+//! hostile file cannot make signet allocate without bound.
+
+use std::io::Read;
+use std::path::Path;
+
+/// At most `limit` bytes from `reader`; `name` prefixes every error.
+pub fn read_limited(reader: impl Read, limit: u64, name: &str) -> Result<Vec<u8>, String> {
+    let mut bytes = Vec::new();
+    reader
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("{name}: {e}"))?;
+    if bytes.len() as u64 > limit {
+        return Err(format!("{name}: larger than {limit} bytes"));
+    }
+    Ok(bytes)
+}
+
+/// The file at `path`, of at most `limit` bytes; errors name the path.
+pub fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, String> {
+    let name = path.display().to_string();
+    let file = std::fs::File::open(path).map_err(|e| format!("{name}: {e}"))?;
+    read_limited(file, limit, &name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_past_the_limit_are_refused_by_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f");
+        std::fs::write(&path, [7u8; 10]).expect("write");
+        assert_eq!(read_bounded(&path, 10).expect("fits").len(), 10);
+        let e = read_bounded(&path, 9).expect_err("too large");
+        assert!(
+            e.ends_with("larger than 9 bytes") && e.contains("/f"),
+            "{e}"
+        );
+        let e = read_bounded(&dir.path().join("missing"), 9).expect_err("missing");
+        assert!(e.contains("missing"), "{e}");
+    }
+}

@@ -95,7 +95,7 @@ pub struct ProxyArgs {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8444")]
     pub listen: SocketAddr,
     /// signet's API, https://host:port.
-    #[arg(long, value_name = "URL", value_parser = parse_upstream)]
+    #[arg(long, value_name = "URL", value_parser = parse_https_url)]
     pub upstream: String,
     /// Client certificate (PEM, leaf first) presented to signet; it must map
     /// to the rp role.
@@ -118,7 +118,7 @@ pub struct ProxyArgs {
 }
 
 /// An https URL without query or fragment, returned without a trailing `/`.
-fn parse_upstream(s: &str) -> Result<String, String> {
+pub fn parse_https_url(s: &str) -> Result<String, String> {
     let url = reqwest::Url::parse(s).map_err(|e| format!("not a URL: {e}"))?;
     if url.scheme() != "https" {
         return Err("must be an https:// URL (signet speaks only mutual TLS)".into());
@@ -736,7 +736,7 @@ pub struct Proxy {
 impl Proxy {
     /// A proxy to `upstream` (https://host:port) calling it with `tls`.
     pub fn new(upstream: &str, tls: rustls::ClientConfig) -> anyhow::Result<Proxy> {
-        let upstream = parse_upstream(upstream).map_err(|e| anyhow::anyhow!("--upstream: {e}"))?;
+        let upstream = parse_https_url(upstream).map_err(|e| anyhow::anyhow!("--upstream: {e}"))?;
         let client = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .https_only(true)
@@ -1317,11 +1317,11 @@ mod tests {
     #[test]
     fn upstream_urls_are_checked() {
         assert_eq!(
-            parse_upstream("https://127.0.0.1:8443/").unwrap(),
+            parse_https_url("https://127.0.0.1:8443/").unwrap(),
             "https://127.0.0.1:8443"
         );
         assert_eq!(
-            parse_upstream("https://signet.lab:8443").unwrap(),
+            parse_https_url("https://signet.lab:8443").unwrap(),
             "https://signet.lab:8443"
         );
         for bad in [
@@ -1330,7 +1330,7 @@ mod tests {
             "https://h/?q=1",
             "https://h/#f",
         ] {
-            assert!(parse_upstream(bad).is_err(), "{bad}");
+            assert!(parse_https_url(bad).is_err(), "{bad}");
         }
     }
 

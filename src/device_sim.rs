@@ -32,6 +32,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{Value, json};
 
+use crate::files::one_line;
 use crate::keys::{EcPublicKey, Kid};
 use crate::testkit::Ceremony;
 use crate::testkit::device::SoftDevice;
@@ -55,7 +56,7 @@ pub const TOKEN_ENCRYPTION_FILE: &str = "keys/token-encryption.pem";
 #[derive(clap::Args, Debug)]
 pub struct DeviceSimArgs {
     /// signet's API, https://host:port (e.g. https://localhost:8443).
-    #[arg(long, value_name = "URL", value_parser = parse_server)]
+    #[arg(long, value_name = "URL", value_parser = crate::conformance_proxy::parse_https_url)]
     pub server: String,
     /// The directory scripts/dev-up made (its --dir; default var/dev): the
     /// rp client certificate in pki/ and the pinned public keys in keys/.
@@ -73,21 +74,6 @@ pub struct DeviceSimArgs {
     /// Print one JSON object at the end instead of a line per step.
     #[arg(long)]
     pub json: bool,
-}
-
-/// An https URL without query or fragment, returned without a trailing `/`.
-fn parse_server(s: &str) -> Result<String, String> {
-    let url = reqwest::Url::parse(s).map_err(|e| format!("not a URL: {e}"))?;
-    if url.scheme() != "https" {
-        return Err("must be an https:// URL (signet speaks only mutual TLS)".into());
-    }
-    if url.host_str().is_none() {
-        return Err("has no host".into());
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err("must not have a query or fragment".into());
-    }
-    Ok(url.as_str().trim_end_matches('/').to_string())
 }
 
 fn parse_user(s: &str) -> Result<String, String> {
@@ -422,21 +408,6 @@ fn device_id_of(text: &str) -> Result<[u8; 16], String> {
         .ok_or_else(|| format!("deviceId {:?} is not 16 bytes of base64url", one_line(text)))
 }
 
-/// Control characters escaped, so text from a server or a file prints as
-/// one line and cannot drive the terminal.
-fn one_line(s: &str) -> String {
-    s.chars()
-        .flat_map(|c| {
-            let escaped: Vec<char> = if c.is_control() {
-                c.escape_default().collect()
-            } else {
-                vec![c]
-            };
-            escaped
-        })
-        .collect()
-}
-
 // ---------------------------------------------------------------------------
 // The dev directory
 
@@ -654,12 +625,12 @@ mod tests {
     #[test]
     fn only_https_servers_are_accepted() {
         assert_eq!(
-            parse_server("https://localhost:8443/").as_deref(),
+            crate::conformance_proxy::parse_https_url("https://localhost:8443/").as_deref(),
             Ok("https://localhost:8443")
         );
-        assert!(parse_server("http://localhost:8443").is_err());
-        assert!(parse_server("https://localhost:8443/?x=1").is_err());
-        assert!(parse_server("localhost:8443").is_err());
+        assert!(crate::conformance_proxy::parse_https_url("http://localhost:8443").is_err());
+        assert!(crate::conformance_proxy::parse_https_url("https://localhost:8443/?x=1").is_err());
+        assert!(crate::conformance_proxy::parse_https_url("localhost:8443").is_err());
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! Reading what an operator, an officer or a peer controls: a file is
-//! never read past its limit, so a wrong path (a device, a log) or a
-//! hostile file cannot make signet allocate without bound.
+//! What an operator, an officer or a peer controls: a file is never read
+//! past its limit, so a wrong path (a device, a log) or a hostile file
+//! cannot make signet allocate without bound; text from them is printed
+//! on one line, its control characters escaped.
 
 use std::io::Read;
 use std::path::Path;
@@ -21,8 +22,23 @@ pub fn read_limited(reader: impl Read, limit: u64, name: &str) -> Result<Vec<u8>
 /// The file at `path`, of at most `limit` bytes; errors name the path.
 pub fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, String> {
     let name = path.display().to_string();
-    let file = std::fs::File::open(path).map_err(|e| format!("{name}: {e}"))?;
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot open {name}: {e}"))?;
     read_limited(file, limit, &name)
+}
+
+/// Control characters escaped, so text from a file, a certificate, a
+/// peer or the store prints as one line and cannot drive the terminal.
+pub fn one_line(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -758,7 +758,7 @@ fn run_audit(command: AuditCommand) -> anyhow::Result<()> {
         let text: String = report
             .to_string()
             .lines()
-            .map(one_line)
+            .map(signet::files::one_line)
             .collect::<Vec<_>>()
             .join("\n");
         println!("{text}");
@@ -768,7 +768,7 @@ fn run_audit(command: AuditCommand) -> anyhow::Result<()> {
         Some(first) => Err(anyhow::anyhow!(
             "audit log broken: first broken record seq {}: {}",
             first.seq,
-            one_line(&first.reason.to_string())
+            signet::files::one_line(&first.reason.to_string())
         )),
     }
 }
@@ -801,21 +801,6 @@ fn pem_blocks(path: &Path, flag: &str, label: &str) -> anyhow::Result<Vec<(Strin
         .enumerate()
         .map(|(i, der)| (format!("{name}[{i}]"), der))
         .collect())
-}
-
-/// Control characters escaped, so text from a certificate, a client or a
-/// store prints as one line and cannot drive the terminal.
-fn one_line(s: &str) -> String {
-    s.chars()
-        .flat_map(|c| {
-            let escaped: Vec<char> = if c.is_control() {
-                c.escape_default().collect()
-            } else {
-                vec![c]
-            };
-            escaped
-        })
-        .collect()
 }
 
 /// Browsers' JSON is a few kilobytes; the engine refuses anything over its
@@ -853,7 +838,7 @@ fn read_roots(path: &Path) -> anyhow::Result<Vec<Cert>> {
 /// The engine's error as one line: it already starts with the JSON path of
 /// the field; names from certificates and clients could carry line breaks.
 fn engine_error(e: webauthn::Error) -> anyhow::Error {
-    anyhow::anyhow!(one_line(&e.to_string()))
+    anyhow::anyhow!(signet::files::one_line(&e.to_string()))
 }
 
 fn relying_party(c: &Ceremony) -> RelyingParty {

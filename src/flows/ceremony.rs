@@ -138,6 +138,73 @@ pub(crate) fn user_text(value: &str, field: &str, allow_empty: bool) -> Result<S
     Ok(value.to_string())
 }
 
+/// The `user` member of a registration or enrollment request.
+pub(crate) struct UserRequest {
+    pub name: String,
+    pub display_name: String,
+    pub wanted_id: Option<Vec<u8>>,
+}
+
+impl UserRequest {
+    /// `user`: `{"name", "displayName"?, "id"?}`.
+    pub(crate) fn from_body(obj: &Map<String, Value>) -> Result<UserRequest, FlowError> {
+        let user_obj = object(
+            obj.get("user")
+                .ok_or_else(|| FlowError::invalid("user", "is required"))?,
+            "user",
+        )?;
+        only(user_obj, &["name", "displayName", "id"], "user.")?;
+        let name = user_text(req_str(user_obj, "name", "user.")?, "user.name", false)?;
+        let display_name = match opt_str(user_obj, "displayName", "user.")? {
+            Some(d) => user_text(d, "user.displayName", true)?,
+            None => name.clone(),
+        };
+        let wanted_id = opt_str(user_obj, "id", "user.")?
+            .map(|t| b64_field(t, "user.id", 1, limits::USER_ID_MAX))
+            .transpose()?;
+        Ok(UserRequest {
+            name,
+            display_name,
+            wanted_id,
+        })
+    }
+
+    /// The user handle: the existing user's of that name (whose id a
+    /// given `id` must match), or the given `id` if no one has it, or a
+    /// new random one. The user itself is created only when a credential
+    /// is stored.
+    pub(crate) fn resolve(&self, s: &Services) -> Result<(Vec<u8>, Option<User>), FlowError> {
+        match s.store.user_by_name(&self.name)? {
+            Some(existing) => {
+                if self.wanted_id.as_ref().is_some_and(|w| *w != existing.id) {
+                    return Err(FlowError::Conflict {
+                        field: "user.id".into(),
+                        reason: "the user name is registered with another user id".into(),
+                    });
+                }
+                Ok((existing.id.clone(), Some(existing)))
+            }
+            None => match &self.wanted_id {
+                Some(w) => {
+                    if s.store.user_by_id(w)?.is_some() {
+                        return Err(FlowError::Conflict {
+                            field: "user.id".into(),
+                            reason: "the user id belongs to another user name".into(),
+                        });
+                    }
+                    Ok((w.clone(), None))
+                }
+                None => {
+                    let mut id = vec![0u8; USER_HANDLE_BYTES];
+                    aws_lc_rs::rand::fill(&mut id)
+                        .map_err(|_| FlowError::Internal("random generator failed".into()))?;
+                    Ok((id, None))
+                }
+            },
+        }
+    }
+}
+
 fn user_verification(
     obj: &Map<String, Value>,
     name: &str,
@@ -354,20 +421,7 @@ pub fn registration_options(
     )?;
     let policy = s.policy.get();
     let req = Services::requirement(&policy, opt_str(obj, "action", "")?, None)?;
-    let user_obj = object(
-        obj.get("user")
-            .ok_or_else(|| FlowError::invalid("user", "is required"))?,
-        "user",
-    )?;
-    only(user_obj, &["name", "displayName", "id"], "user.")?;
-    let name = user_text(req_str(user_obj, "name", "user.")?, "user.name", false)?;
-    let display_name = match opt_str(user_obj, "displayName", "user.")? {
-        Some(d) => user_text(d, "user.displayName", true)?,
-        None => name.clone(),
-    };
-    let wanted_id = opt_str(user_obj, "id", "user.")?
-        .map(|t| b64_field(t, "user.id", 1, limits::USER_ID_MAX))
-        .transpose()?;
+    let wanted = UserRequest::from_body(obj)?;
 
     // The action sets the floor; a request may raise what the action pins
     // and choose what it leaves open.
@@ -471,42 +525,22 @@ pub fn registration_options(
     let extensions = extensions(obj)?;
 
     // The user: existing by name, or new with the given or a random handle.
-    let (user_id, new_user, exclude) = match s.store.user_by_name(&name)? {
-        Some(existing) => {
-            if let Some(w) = &wanted_id
-                && *w != existing.id
-            {
-                return Err(FlowError::Conflict {
-                    field: "user.id".into(),
-                    reason: "the user name is registered with another user id".into(),
-                });
-            }
-            // Every credential, flagged ones too: a flagged authenticator
-            // must not enrol again under a fresh credential id.
-            let creds = s.store.credentials_by_user(&existing.id)?;
-            (existing.id, false, creds.iter().map(descriptor).collect())
-        }
-        None => {
-            let id = match wanted_id {
-                Some(w) => {
-                    if s.store.user_by_id(&w)?.is_some() {
-                        return Err(FlowError::Conflict {
-                            field: "user.id".into(),
-                            reason: "the user id belongs to another user name".into(),
-                        });
-                    }
-                    w
-                }
-                None => {
-                    let mut id = vec![0u8; USER_HANDLE_BYTES];
-                    aws_lc_rs::rand::fill(&mut id)
-                        .map_err(|_| FlowError::Internal("random generator failed".into()))?;
-                    id
-                }
-            };
-            (id, true, Vec::new())
-        }
+    let (user_id, existing) = wanted.resolve(s)?;
+    let new_user = existing.is_none();
+    let exclude = match &existing {
+        // Every credential, flagged ones too: a flagged authenticator
+        // must not enrol again under a fresh credential id.
+        Some(u) => s
+            .store
+            .credentials_by_user(&u.id)?
+            .iter()
+            .map(descriptor)
+            .collect(),
+        None => Vec::new(),
     };
+    let UserRequest {
+        name, display_name, ..
+    } = wanted;
 
     let challenge = new_challenge().map_err(|e| FlowError::Internal(format!("challenge: {e}")))?;
     let user = UserEntity {

@@ -40,7 +40,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::{Map, Value, json};
 
 use super::ceremony::{
-    admit_registration, descriptor, object, only, opt_str, refused, req_str, user_text,
+    UserRequest, admit_registration, descriptor, object, only, opt_str, refused, req_str,
 };
 use super::{DeviceProblem, FlowError, Services, b64_field, truncate, unix_ms};
 use crate::audit::AuditEvent;
@@ -59,8 +59,6 @@ use crate::webauthn::options::{
 use crate::webauthn::response::RegistrationResponse;
 use crate::webauthn::{b64url, uuid_text};
 
-/// Bytes of a generated user handle, as in registration.
-const USER_HANDLE_BYTES: usize = 32;
 /// The largest encoded device public key (a COSE_Key or an SPKI).
 const DEVICE_KEY_MAX: usize = 1024;
 /// How many attempts a step makes when a concurrent transition (an
@@ -340,6 +338,21 @@ fn device_key(bytes: &[u8]) -> Result<EcPublicKey, FlowError> {
         })
 }
 
+/// A platform value, identity reference or revocation reason: it ends up
+/// in the audit log and officers' screens, so bounded and printable.
+fn short_text(value: &str, field: &str) -> Result<String, FlowError> {
+    if value.len() > limits::DEVICE_TEXT_MAX || value.chars().any(char::is_control) {
+        return Err(FlowError::invalid(
+            field,
+            format!(
+                "at most {} bytes, without control characters",
+                limits::DEVICE_TEXT_MAX
+            ),
+        ));
+    }
+    Ok(value.to_string())
+}
+
 fn platform(obj: &Map<String, Value>) -> Result<Vec<(String, String)>, FlowError> {
     let Some(p) = obj.get("platform").filter(|v| !v.is_null()) else {
         return Ok(Vec::new());
@@ -363,16 +376,7 @@ fn platform(obj: &Map<String, Value>) -> Result<Vec<(String, String)>, FlowError
         let Value::String(v) = v else {
             return Err(FlowError::invalid(field, "must be a string"));
         };
-        if v.len() > limits::DEVICE_TEXT_MAX || v.chars().any(char::is_control) {
-            return Err(FlowError::invalid(
-                field,
-                format!(
-                    "at most {} bytes, without control characters",
-                    limits::DEVICE_TEXT_MAX
-                ),
-            ));
-        }
-        out.push((k.clone(), v.clone()));
+        out.push((k.clone(), short_text(v, &field)?));
     }
     Ok(out)
 }
@@ -441,20 +445,7 @@ pub fn enroll(
     )?;
     let policy = s.policy.get();
     let req = Services::requirement(&policy, opt_str(obj, "action", "")?, None)?;
-    let user_obj = object(
-        obj.get("user")
-            .ok_or_else(|| FlowError::invalid("user", "is required"))?,
-        "user",
-    )?;
-    only(user_obj, &["name", "displayName", "id"], "user.")?;
-    let name = user_text(req_str(user_obj, "name", "user.")?, "user.name", false)?;
-    let display_name = match opt_str(user_obj, "displayName", "user.")? {
-        Some(d) => user_text(d, "user.displayName", true)?,
-        None => name.clone(),
-    };
-    let wanted_id = opt_str(user_obj, "id", "user.")?
-        .map(|t| b64_field(t, "user.id", 1, limits::USER_ID_MAX))
-        .transpose()?;
+    let wanted = UserRequest::from_body(obj)?;
     let key = device_key(&b64_field(
         req_str(obj, "publicKey", "")?,
         "publicKey",
@@ -466,29 +457,10 @@ pub fn enroll(
 
     // The user the passkey will belong to: an existing one by name, or a
     // new handle (created when the device binds).
-    let user_id = match s.store.user_by_name(&name)? {
-        Some(existing) => {
-            if wanted_id.as_ref().is_some_and(|w| *w != existing.id) {
-                return Err(FlowError::Conflict {
-                    field: "user.id".into(),
-                    reason: "the user name is registered with another user id".into(),
-                });
-            }
-            existing.id
-        }
-        None => match wanted_id {
-            Some(w) => {
-                if s.store.user_by_id(&w)?.is_some() {
-                    return Err(FlowError::Conflict {
-                        field: "user.id".into(),
-                        reason: "the user id belongs to another user name".into(),
-                    });
-                }
-                w
-            }
-            None => random::<USER_HANDLE_BYTES>()?.to_vec(),
-        },
-    };
+    let (user_id, _) = wanted.resolve(s)?;
+    let UserRequest {
+        name, display_name, ..
+    } = wanted;
 
     let record = DeviceRecord {
         id: random::<16>()?,
@@ -560,19 +532,7 @@ pub fn verification(
         }
     };
     let reference = opt_str(obj, "reference", "")?
-        .map(|r| {
-            if r.len() > limits::DEVICE_TEXT_MAX || r.chars().any(char::is_control) {
-                Err(FlowError::invalid(
-                    "reference",
-                    format!(
-                        "at most {} bytes, without control characters",
-                        limits::DEVICE_TEXT_MAX
-                    ),
-                ))
-            } else {
-                Ok(r.to_string())
-            }
-        })
+        .map(|r| short_text(r, "reference"))
         .transpose()?;
     let d = load(s, &id, actor, now_ms)?;
     if d.state != DeviceState::Pending {
@@ -1052,16 +1012,7 @@ pub fn revoke(
     let obj = object(body, "body")?;
     only(obj, &["reason"], "")?;
     let reason = match opt_str(obj, "reason", "")? {
-        Some(r) if r.len() > limits::DEVICE_TEXT_MAX || r.chars().any(char::is_control) => {
-            return Err(FlowError::invalid(
-                "reason",
-                format!(
-                    "at most {} bytes, without control characters",
-                    limits::DEVICE_TEXT_MAX
-                ),
-            ));
-        }
-        Some(r) => r.to_string(),
+        Some(r) => short_text(r, "reason")?,
         None => "revoked".to_string(),
     };
     for _ in 0..RETRIES {

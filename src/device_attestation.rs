@@ -177,6 +177,16 @@ pub fn verify(
         ));
     }
 
+    // An imported key once existed outside the secure hardware: the chain
+    // would prove nothing about the device holding it.
+    let software = description.attestation_security_level == android_key::SecurityLevel::Software;
+    android_key::check_generated(
+        &description,
+        software,
+        &format!("{}.keyDescription", leaf.field),
+    )
+    .map_err(|e| in_key_description(e, &leaf.field))?;
+
     let root = &anchors[root_reached(&certs, &anchors, now)?];
 
     Ok(KeyAttestation {
@@ -791,6 +801,21 @@ mod tests {
                 err.field,
                 "keyAttestation[0].keyDescription.attestationSecurityLevel"
             );
+            // An imported key (origin 2) is refused; so is one without an
+            // origin where the hardware lists it.
+            let origin = [0xbf, 0x85, 0x3e, 0x03, 0x02, 0x01, 0x00];
+            let at = description
+                .windows(origin.len())
+                .position(|w| w == origin)
+                .expect("origin: generated");
+            let mut imported = description.clone();
+            imported[at + origin.len() - 1] = 2;
+            let err = verify_with(Some(imported)).unwrap_err();
+            assert_eq!(
+                err.field, "keyAttestation[0].keyDescription.teeEnforced.origin",
+                "{err}"
+            );
+            assert!(err.reason.contains("not generated"), "{err}");
 
             for level in LEVELS {
                 let agree_only = key_description(b"c", level, &[PURPOSE_AGREE_KEY, 3]);

@@ -312,6 +312,63 @@ fn purposes(inner: AnyRef<'_>, path: &str) -> Result<Vec<u64>, Error> {
     Ok(out)
 }
 
+/// The authorization lists a policy reads, and how to say a tag is in
+/// none of them. Software-enforced authorizations count only when the RP
+/// accepts software attestation (§8.4: teeEnforced alone, or the union).
+fn readable_lists<'k>(
+    kd: &'k KeyDescription<'_>,
+    allow_software: bool,
+) -> (Vec<(&'static str, &'k AuthorizationList)>, &'static str) {
+    let sw = ("softwareEnforced", &kd.software_enforced);
+    let tee = ("teeEnforced", &kd.tee_enforced);
+    if allow_software {
+        (
+            vec![tee, sw],
+            "absent from both teeEnforced and softwareEnforced",
+        )
+    } else {
+        (
+            vec![tee],
+            "absent from teeEnforced (software-enforced authorizations are not accepted)",
+        )
+    }
+}
+
+/// The key was generated inside the keystore (KM_ORIGIN_GENERATED), as the
+/// lists this policy reads say: an imported key existed outside the
+/// secure hardware, so its attestation proves nothing about where it is.
+pub(crate) fn check_generated(
+    kd: &KeyDescription<'_>,
+    allow_software: bool,
+    base: &str,
+) -> Result<(), Error> {
+    let sw = ("softwareEnforced", &kd.software_enforced);
+    let tee = ("teeEnforced", &kd.tee_enforced);
+    // A key has one origin. Lists that disagree about it mean one of them is
+    // wrong, whichever list this policy reads.
+    for (name, list) in [sw, tee] {
+        if let Some(origin) = list.origin
+            && origin != KM_ORIGIN_GENERATED
+        {
+            return Err(Error::policy(
+                format!("{base}.{name}.origin"),
+                format!(
+                    "is {origin}, not KM_ORIGIN_GENERATED (0): the key was not generated in the keystore"
+                ),
+            ));
+        }
+    }
+
+    let (readable, absent_from) = readable_lists(kd, allow_software);
+    if !readable.iter().any(|(_, list)| list.origin.is_some()) {
+        return Err(Error::policy(
+            format!("{base}.teeEnforced.origin"),
+            absent_from,
+        ));
+    }
+    Ok(())
+}
+
 /// §8.4's checks on the authorization lists, and the security level.
 fn check_key_description(
     kd: &KeyDescription<'_>,
@@ -341,35 +398,8 @@ fn check_key_description(
         }
     }
 
-    // A key has one origin. Lists that disagree about it mean one of them is
-    // wrong, whichever list this policy reads.
-    for (name, list) in [sw, tee] {
-        if let Some(origin) = list.origin
-            && origin != KM_ORIGIN_GENERATED
-        {
-            return Err(Error::policy(
-                format!("{base}.{name}.origin"),
-                format!(
-                    "is {origin}, not KM_ORIGIN_GENERATED (0): the key was not generated in the keystore"
-                ),
-            ));
-        }
-    }
-
-    // Software-enforced authorizations count only when the RP accepts
-    // software attestation (§8.4: teeEnforced alone, or the union).
-    let readable: &[(&str, &AuthorizationList)] = if allow_software { &[tee, sw] } else { &[tee] };
-    let absent_from = if allow_software {
-        "absent from both teeEnforced and softwareEnforced"
-    } else {
-        "absent from teeEnforced (software-enforced authorizations are not accepted)"
-    };
-    if !readable.iter().any(|(_, list)| list.origin.is_some()) {
-        return Err(Error::policy(
-            format!("{base}.teeEnforced.origin"),
-            absent_from,
-        ));
-    }
+    check_generated(kd, allow_software, base)?;
+    let (readable, absent_from) = readable_lists(kd, allow_software);
     if !readable.iter().any(|(_, list)| {
         list.purposes
             .as_ref()

@@ -431,6 +431,8 @@ fn serve(args: &ServeArgs, log: Option<&str>, log_json: bool) -> anyhow::Result<
             signet::api::service::mds_trust(mds)?;
         }
         let policy = signet::api::service::load_policy(&config)?;
+        let attestation_roots =
+            signet::api::service::key_attestation_roots(&config.devices.key_attestation_roots)?;
         println!("{}: valid", args.config.display());
         println!(
             "  listen      https://{} (mutual TLS)",
@@ -446,6 +448,17 @@ fn serve(args: &ServeArgs, log: Option<&str>, log_json: bool) -> anyhow::Result<
         println!(
             "  policy      {} (sha256 {})",
             policy.version, policy.sha256
+        );
+        println!(
+            "  devices     token ttl {} s, enrollment window {} s, {} key attestation roots{}",
+            config.devices.token_ttl.as_secs(),
+            config.devices.enrollment_ttl.as_secs(),
+            attestation_roots.len(),
+            if config.devices.require_key_attestation {
+                " (attestation required)"
+            } else {
+                ""
+            }
         );
         for c in &config.clients {
             println!("  client      {} -> {}", c.name, c.role);

@@ -525,6 +525,10 @@ fn config_check_validates_and_names_the_key() {
         "{stdout}"
     );
     assert!(stdout.contains("https://127.0.0.1:9"), "{stdout}");
+    assert!(
+        stdout.contains("token ttl 900 s, enrollment window 2592000 s, 4 key attestation roots"),
+        "{stdout}"
+    );
 
     let text = std::fs::read_to_string(&server.config).expect("config");
     for (edit, key) in [
@@ -555,6 +559,14 @@ fn config_check_validates_and_names_the_key() {
         (
             format!("{text}\n[mds]\nurl = \"https://mds.example\"\nroot = \"pki/ca.key\"\n"),
             "mds.root",
+        ),
+        (
+            format!("{text}\n[devices]\nkey_attestation_roots = [\"pki/ca.key\"]\n"),
+            "devices.key_attestation_roots[0]",
+        ),
+        (
+            format!("{text}\n[devices]\ntoken_ttl_s = 5\n"),
+            "devices.token_ttl_s",
         ),
     ] {
         let path = server.dir.path().join("bad.toml");

@@ -108,10 +108,8 @@ pub fn prepare(config: &Config, profile: &Profile) -> anyhow::Result<Prepared> {
     let policy = load_policy(config)?;
     tracing::info!(version = %policy.version, sha256 = %policy.sha256, "trust policy loaded");
     let mut services = Services::new(config, store, ring, policy);
-    if !config.devices.key_attestation_roots.is_empty() {
-        services.devices.key_attestation_roots =
-            load_key_attestation_roots(&config.devices.key_attestation_roots)?;
-    }
+    services.devices.key_attestation_roots =
+        key_attestation_roots(&config.devices.key_attestation_roots)?;
     let services = Arc::new(services);
     let state = AppState {
         services,
@@ -128,8 +126,12 @@ pub fn prepare(config: &Config, profile: &Profile) -> anyhow::Result<Prepared> {
 /// put it beside the key it certifies. A file that does not parse stops
 /// the start: an officer placed it there on purpose.
 /// `devices.key_attestation_roots`: PEM files of trust anchors for
-/// Android Key Attestation of device keys.
-fn load_key_attestation_roots(paths: &[std::path::PathBuf]) -> anyhow::Result<Vec<Vec<u8>>> {
+/// Android Key Attestation of device keys; none configured: the Google
+/// hardware attestation roots built in.
+pub fn key_attestation_roots(paths: &[std::path::PathBuf]) -> anyhow::Result<Vec<Vec<u8>>> {
+    if paths.is_empty() {
+        return Ok(crate::device_attestation::google_roots());
+    }
     let mut roots = Vec::new();
     for (i, path) in paths.iter().enumerate() {
         let key = format!("devices.key_attestation_roots[{i}]");

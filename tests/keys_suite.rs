@@ -143,6 +143,37 @@ pub fn each_key_does_only_its_purpose(ring: &KeyRing) {
     assert!(ring.backend().ecdh(&sig, &peer).is_err());
 }
 
+/// The cached lookups follow this ring's lifecycle changes at once, and
+/// another process's after a refresh; retired and unknown kids are refused.
+pub fn cached_lookups_follow_the_key_lifecycle(ring: &KeyRing) {
+    ring.init().unwrap();
+    let v1 = ring.current(Role::TokenSigning).unwrap();
+    assert_eq!(ring.live(&v1.kid).unwrap().kid, v1.kid);
+    let v2 = ring.rotate(Role::TokenSigning).unwrap();
+    assert_eq!(ring.current(Role::TokenSigning).unwrap().kid, v2.kid);
+    assert_eq!(
+        ring.live(&v1.kid).unwrap().status,
+        KeyStatus::VerifyOnly,
+        "a rotated key still verifies"
+    );
+    ring.retire(&v1.kid).unwrap();
+    assert!(matches!(ring.live(&v1.kid), Err(KeyError::Retired(_))));
+    let (_, stranger) = random_peer();
+    assert!(matches!(
+        ring.live(&signet::keys::Kid::of(&stranger)),
+        Err(KeyError::KeyNotFound(_))
+    ));
+    // A rotation the ring did not make (an officer's CLI, in another
+    // process; here the backend directly): seen after a refresh.
+    let v3 = ring.backend().generate(Role::TokenSigning, 3).unwrap();
+    assert_eq!(ring.current(Role::TokenSigning).unwrap().kid, v2.kid);
+    ring.refresh().unwrap();
+    assert_eq!(ring.current(Role::TokenSigning).unwrap().kid, v3.kid);
+    let (kid, sig) = ring.sign(Role::TokenSigning, b"after rotation").unwrap();
+    assert_eq!(kid, v3.kid);
+    assert!(v3.public.verify(b"after rotation", &sig));
+}
+
 pub fn rotation_keeps_old_versions_verifiable(ring: &KeyRing) {
     ring.init().unwrap();
     let (v1, old_sig) = ring
@@ -298,6 +329,11 @@ macro_rules! backend_suite {
             fn unknown_kid_and_missing_roles_are_named() {
                 let d = $device;
                 super::unknown_kid_and_missing_roles_are_named(&d.ring());
+            }
+            #[test]
+            fn cached_lookups_follow_the_key_lifecycle() {
+                let d = $device;
+                super::cached_lookups_follow_the_key_lifecycle(&d.ring());
             }
             #[test]
             fn keys_survive_reopening() {

@@ -46,7 +46,7 @@ use super::{DeviceProblem, FlowError, Services, b64_field, truncate, unix_ms};
 use crate::audit::AuditEvent;
 use crate::device_attestation;
 use crate::device_token::{self, Claims, SignedRequest, Token, TokenError};
-use crate::keys::{EcPublicKey, KeyStatus, Kid, Role};
+use crate::keys::{EcPublicKey, KeyError, Kid, Role};
 use crate::rfc3339::format_ms;
 use crate::seal::{self, Envelope, SealError};
 use crate::store::{
@@ -592,7 +592,7 @@ fn issue(s: &Services, d: DeviceRecord, actor: &str, now: SystemTime) -> Result<
         expires_s: (now_ms.saturating_add(ttl_ms)) / 1000,
         nonce: random::<16>()?,
     };
-    let key = s.keys.active(Role::TokenSigning)?;
+    let key = s.keys.current(Role::TokenSigning)?;
     let (tbs, unsigned) = claims
         .to_be_signed(&key.kid)
         .map_err(|e| FlowError::Internal(format!("token: {e}")))?;
@@ -759,13 +759,16 @@ fn encryption_key(s: &Services, envelope: &Envelope) -> Result<Kid, FlowError> {
         .ok_or_else(|| {
             FlowError::invalid(FIELD, "must name the token-encryption key (16 bytes)")
         })?;
-    let known = s.keys.list()?.into_iter().find(|k| k.kid == kid);
-    match known {
-        Some(k) if k.role == Role::TokenEncryption && k.status != KeyStatus::Retired => Ok(kid),
-        _ => Err(FlowError::invalid(
+    let not_ours = || {
+        FlowError::invalid(
             FIELD,
             format!("{kid} is not a token-encryption key of this signet"),
-        )),
+        )
+    };
+    match s.keys.live(&kid) {
+        Ok(k) if k.role == Role::TokenEncryption => Ok(kid),
+        Ok(_) | Err(KeyError::KeyNotFound(_) | KeyError::Retired(_)) => Err(not_ours()),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -773,20 +776,20 @@ fn encryption_key(s: &Services, envelope: &Envelope) -> Result<Kid, FlowError> {
 /// signet's `token-signing` keys (a rotated one included).
 fn token_claims(s: &Services, token: &[u8]) -> Result<Claims, FlowError> {
     let t = Token::parse(token).map_err(from_token_error)?;
-    let key = s
-        .keys
-        .list()?
-        .into_iter()
-        .find(|k| k.kid == t.kid && k.role == Role::TokenSigning && k.status != KeyStatus::Retired)
-        .ok_or_else(|| {
-            token_problem(
-                DeviceProblem::TokenInvalid,
-                format!(
-                    "the token names key {}, not a token-signing key of this signet",
-                    t.kid
-                ),
-            )
-        })?;
+    let not_ours = || {
+        token_problem(
+            DeviceProblem::TokenInvalid,
+            format!(
+                "the token names key {}, not a token-signing key of this signet",
+                t.kid
+            ),
+        )
+    };
+    let key = match s.keys.live(&t.kid) {
+        Ok(k) if k.role == Role::TokenSigning => k,
+        Ok(_) | Err(KeyError::KeyNotFound(_) | KeyError::Retired(_)) => return Err(not_ours()),
+        Err(e) => return Err(e.into()),
+    };
     t.verify(&key.public).map_err(from_token_error)
 }
 

@@ -530,18 +530,24 @@ pub struct InitReport {
 /// rotation, and signing as a role.
 pub struct KeyRing {
     backend: Arc<dyn KeyBackend>,
-    /// role -> (kid, role) of the active signing key, so the hot path does not
-    /// list the device on every call. Refreshed by every lifecycle change made
-    /// through this ring; a change made by another process is seen after
-    /// [`KeyRing::refresh`].
-    active: RwLock<BTreeMap<Role, Kid>>,
+    /// The last listing of the device, so the hot path (which key is
+    /// active, what public key a kid names) does not list the device on
+    /// every call: a listing costs several signatures' time. Replaced by
+    /// every [`KeyRing::list`], so by every lifecycle change made through
+    /// this ring; a change made by another process (an officer's CLI) is
+    /// seen after [`KeyRing::refresh`], or at the latest [`LISTING_TTL`]
+    /// later.
+    listing: RwLock<Option<(std::time::Instant, Arc<Vec<KeyInfo>>)>>,
 }
+
+/// How long a listing of the key device is trusted before it is read again.
+pub const LISTING_TTL: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl KeyRing {
     pub fn new(backend: Arc<dyn KeyBackend>) -> KeyRing {
         KeyRing {
             backend,
-            active: RwLock::new(BTreeMap::new()),
+            listing: RwLock::new(None),
         }
     }
 
@@ -557,14 +563,52 @@ impl KeyRing {
     /// Every signet key on the device with its status, ordered by role then version.
     pub fn list(&self) -> Result<Vec<KeyInfo>, KeyError> {
         let keys = with_status(self.backend.list()?);
-        let mut active = BTreeMap::new();
-        for k in &keys {
-            if k.status == KeyStatus::Active {
-                active.insert(k.role, k.kid);
-            }
-        }
-        *self.active.write().unwrap_or_else(|p| p.into_inner()) = active;
+        *self.listing.write().unwrap_or_else(|p| p.into_inner()) =
+            Some((std::time::Instant::now(), Arc::new(keys.clone())));
         Ok(keys)
+    }
+
+    /// The listing, from the cache while it is younger than [`LISTING_TTL`].
+    fn listed(&self) -> Result<Arc<Vec<KeyInfo>>, KeyError> {
+        if let Some((at, keys)) = &*self.listing.read().unwrap_or_else(|p| p.into_inner())
+            && at.elapsed() < LISTING_TTL
+        {
+            return Ok(keys.clone());
+        }
+        Ok(Arc::new(self.list()?))
+    }
+
+    /// A key by kid, any status but retired, from the cached listing: what
+    /// a verifier of signet's own signatures, or a recipient of messages
+    /// sealed to signet, asks. A kid not in it makes the device be read
+    /// again, at most once a second, so unknown kids sent on purpose cannot
+    /// keep the device busy.
+    pub fn live(&self, kid: &Kid) -> Result<KeyInfo, KeyError> {
+        let found = |keys: &[KeyInfo]| keys.iter().find(|k| &k.kid == kid).cloned();
+        let stale = self
+            .listing
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_none_or(|(at, _)| at.elapsed() >= std::time::Duration::from_secs(1));
+        let key = match found(&self.listed()?) {
+            Some(k) => k,
+            None if stale => found(&self.list()?).ok_or(KeyError::KeyNotFound(*kid))?,
+            None => return Err(KeyError::KeyNotFound(*kid)),
+        };
+        if key.status == KeyStatus::Retired {
+            return Err(KeyError::Retired(*kid));
+        }
+        Ok(key)
+    }
+
+    /// The active key of a role, from the cached listing.
+    pub fn current(&self, role: Role) -> Result<KeyInfo, KeyError> {
+        self.listed()?
+            .iter()
+            .find(|k| k.role == role && k.status == KeyStatus::Active)
+            .cloned()
+            .ok_or(KeyError::NoActiveKey(role))
     }
 
     /// Re-reads which key is active per role (after another process rotated).
@@ -632,15 +676,7 @@ impl KeyRing {
     }
 
     fn active_kid(&self, role: Role) -> Result<Kid, KeyError> {
-        if let Some(kid) = self
-            .active
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&role)
-        {
-            return Ok(*kid);
-        }
-        Ok(self.active(role)?.kid)
+        Ok(self.current(role)?.kid)
     }
 
     /// Signs SHA-256(`message`) with the role's active key.

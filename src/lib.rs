@@ -6,6 +6,7 @@ pub mod device_attestation;
 #[cfg(feature = "testkit")]
 pub mod device_sim;
 pub mod device_token;
+pub mod evidence;
 pub mod files;
 pub mod flows;
 pub mod hex;

@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand};
 
+mod evidence_cmd;
 mod mds_cmd;
 mod policy_cmd;
 use signet::audit::{AuditEvent, AuditLog, CheckpointPolicy, checkpoint_keys};
@@ -101,6 +102,10 @@ Example:\n  signet device-sim --server https://localhost:8443 --dev-dir var/dev"
     /// simulate a new policy against the stored credentials.
     #[command(subcommand)]
     Policy(policy_cmd::PolicyCommand),
+    /// Verify approval evidence offline: verification-log records (and
+    /// Airlock IAM's), with no service, store or key device.
+    #[command(subcommand)]
+    Evidence(evidence_cmd::EvidenceCommand),
     /// Measure the engine's verification rate on this machine (one thread)
     /// against a bare P-256 signature verification.
     Speed {
@@ -382,6 +387,9 @@ fn main() -> ExitCode {
         };
     }
     init_logging(cli.log.as_deref().unwrap_or("warn"), cli.log_json);
+    if let Command::Evidence(command) = cli.command {
+        return evidence_cmd::run(command);
+    }
     #[cfg(feature = "testkit")]
     if let Command::DeviceSim(args) = cli.command {
         return signet::device_sim::run(args);
@@ -494,6 +502,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::ConformanceProxy(args) => return signet::conformance_proxy::run(args),
         #[cfg(feature = "testkit")]
         Command::DeviceSim(_) => anyhow::bail!("device-sim is dispatched before run"),
+        Command::Evidence(_) => anyhow::bail!("evidence is dispatched before run"),
         Command::Verify(verify) => return run_verify(verify),
         Command::Audit(audit) => return run_audit(audit),
         Command::Policy(policy) => return policy_cmd::run(policy),

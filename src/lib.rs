@@ -20,4 +20,5 @@ pub mod speed;
 pub mod store;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod transaction;
 pub mod webauthn;

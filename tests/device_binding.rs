@@ -5,14 +5,12 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde_json::{Value, json};
-use signet::config::{Config, Overrides};
 use signet::flows::{DeviceProblem, FlowError, Services, ceremony, enrollment};
-use signet::keys::{EcPublicKey, KeyRing, Role};
+use signet::keys::{EcPublicKey, Role};
 use signet::store::{DeviceState, SledStore, Store};
 use signet::testkit::device::{OpenedToken, SoftDevice, create_passkey, seal_signed};
 use signet::testkit::{Ceremony, SoftAuthenticator};
@@ -23,26 +21,7 @@ use common::Device;
 const ORIGIN: &str = "https://localhost";
 const DAY: Duration = Duration::from_secs(86_400);
 
-const CONFIG: &str = r#"
-[tls]
-cert = "server.pem"
-key = "server.key"
-client_ca = "ca.pem"
-[[clients]]
-name = "core"
-role = "rp"
-san_uri = "urn:signet:role:rp"
-[rp]
-id = "localhost"
-origins = ["https://localhost"]
-[store]
-data_dir = "data"
-[keys]
-profile = "profile.toml"
-[devices]
-token_ttl_s = 600
-enrollment_ttl_s = 864000
-"#;
+const DEVICES: &str = "[devices]\ntoken_ttl_s = 600\nenrollment_ttl_s = 864000\n";
 
 struct Fixture {
     _device: Box<dyn std::any::Any + Send + Sync>,
@@ -54,19 +33,14 @@ struct Fixture {
 
 impl Fixture {
     fn new(device: impl Device + Send + Sync + 'static) -> Fixture {
-        let ring: KeyRing = device.ring();
-        ring.init().expect("provision keys");
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Arc::new(SledStore::open(&dir.path().join("data")).expect("store"));
-        let config = Config::parse(
-            CONFIG,
-            Path::new("/etc/signet/signet.toml"),
-            &Overrides::default(),
-        )
-        .expect("config");
-        let policy =
-            signet::policy::tiers::Policy::parse(signet::policy::tiers::BUILTIN).expect("policy");
-        let s = Services::new(&config, store.clone(), Arc::new(ring), policy);
+        let s = common::flows::services(
+            device.ring(),
+            store.clone(),
+            DEVICES,
+            signet::policy::tiers::BUILTIN,
+        );
         Fixture {
             _device: Box::new(device),
             _dir: dir,

@@ -4,15 +4,12 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use base64::Engine;
 use serde_json::{Value, json};
-use signet::config::{Config, Overrides};
 use signet::flows::{FlowError, Services, ceremony};
-use signet::keys::KeyRing;
 use signet::store::{CatalogInfo, MetadataEntry, SledStore, Store};
 use signet::testkit::pki::TestPki;
 use signet::testkit::{Attestation, Ceremony, SoftAuthenticator};
@@ -23,24 +20,6 @@ use common::Device;
 const RP_ID: &str = "localhost";
 const ORIGIN: &str = "https://localhost";
 const AAGUID: [u8; 16] = [0x4c; 16];
-
-const CONFIG: &str = r#"
-[tls]
-cert = "server.pem"
-key = "server.key"
-client_ca = "ca.pem"
-[[clients]]
-name = "core"
-role = "rp"
-san_uri = "urn:signet:role:rp"
-[rp]
-id = "localhost"
-origins = ["https://localhost"]
-[store]
-data_dir = "data"
-[keys]
-profile = "profile.toml"
-"#;
 
 struct Fixture {
     _hsm: common::softhsm::SoftHsm,
@@ -57,18 +36,9 @@ impl Fixture {
 
     fn with_policy(text: &str) -> Fixture {
         let hsm = common::softhsm::SoftHsm::new();
-        let ring: KeyRing = hsm.ring();
-        ring.init().expect("provision keys");
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Arc::new(SledStore::open(&dir.path().join("data")).expect("store"));
-        let config = Config::parse(
-            CONFIG,
-            Path::new("/etc/signet/signet.toml"),
-            &Overrides::default(),
-        )
-        .expect("config");
-        let policy = signet::policy::tiers::Policy::parse(text).expect("policy");
-        let services = Services::new(&config, store.clone(), Arc::new(ring), policy);
+        let services = common::flows::services(hsm.ring(), store.clone(), "", text);
         Fixture {
             _hsm: hsm,
             _dir: dir,

@@ -5,6 +5,7 @@
 #[cfg(feature = "testkit")]
 pub mod ceremony;
 pub mod docs;
+pub mod flows;
 pub mod pki;
 pub mod server;
 pub mod softhsm;

@@ -13,19 +13,29 @@ const FILE_MAX: u64 = 16 * 1024 * 1024;
 
 #[derive(Subcommand)]
 pub enum EvidenceCommand {
-    /// Verify verification-log records offline: the signature with the
-    /// record's public key, the challenge re-derived from the transaction
-    /// and the nonce, and user presence. FILE holds one record (a JSON
-    /// object) or a log of them (one per line); `-` reads stdin. Records in
-    /// Airlock IAM's format (S, T, CAD, CCD, N, P) are recognised, so a bank
-    /// migrating from Airlock verifies its archive with this tool.
-    /// Exit 0: every record valid; 1: one or more invalid (each named with
-    /// its line and the member at fault); 2: usage, or FILE unreadable.
+    /// Verify approval evidence offline. FILE is either a signet receipt
+    /// (COSE_Sign1 bytes, their base64url text, or `{"receipt": "..."}`),
+    /// checked with the approval-countersign key (--key or --cert) and then
+    /// the assertion it vouches for; or verification-log records (one JSON
+    /// object, or one per line), checked by their own public key, the
+    /// challenge re-derived from the transaction and the nonce, and user
+    /// presence. Records in Airlock IAM's format (S, T, CAD, CCD, N, P) are
+    /// recognised, so a bank migrating from Airlock verifies its archive
+    /// with this tool. `-` reads stdin. Exit 0: valid; 1: invalid (the
+    /// line and member at fault named); 2: usage, or FILE unreadable.
     #[command(after_help = "Examples:\n  \
         signet evidence verify approval.json\n  \
-        signet evidence verify --rp-id bank.example --json approvals.log")]
+        signet evidence verify --rp-id bank.example --json approvals.log\n  \
+        signet evidence verify --key approval-countersign.pem receipt.cose")]
     Verify {
         file: PathBuf,
+        /// The approval-countersign public key (SPKI PEM, as `signet hsm
+        /// export --format pem` prints it), for receipts.
+        #[arg(long, value_name = "PEM", conflicts_with = "cert")]
+        key: Option<PathBuf>,
+        /// A certificate of the approval-countersign key (PEM), for receipts.
+        #[arg(long, value_name = "PEM")]
+        cert: Option<PathBuf>,
         /// Also check that the authenticator data names this RP ID.
         #[arg(long, value_name = "ID")]
         rp_id: Option<String>,
@@ -36,13 +46,45 @@ pub enum EvidenceCommand {
 }
 
 pub fn run(command: EvidenceCommand) -> ExitCode {
-    let EvidenceCommand::Verify { file, rp_id, json } = command;
-    let text = match read(&file) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("signet: {e}");
-            return ExitCode::from(2);
-        }
+    let EvidenceCommand::Verify {
+        file,
+        key,
+        cert,
+        rp_id,
+        json,
+    } = command;
+    let usage = |e: String| {
+        eprintln!("signet: {e}");
+        ExitCode::from(2)
+    };
+    let bytes = match read(&file) {
+        Ok(b) => b,
+        Err(e) => return usage(e),
+    };
+    if let Some(receipt) = receipt_bytes(&bytes) {
+        let key = match (key, cert) {
+            (Some(k), None) => countersign_key(&k, false),
+            (None, Some(c)) => countersign_key(&c, true),
+            _ => Err(
+                "a receipt is verified with the approval-countersign key: give --key or --cert"
+                    .into(),
+            ),
+        };
+        let key = match key {
+            Ok(k) => k,
+            Err(e) => return usage(e),
+        };
+        return report_receipt(
+            signet::receipt::verify(&receipt, &key),
+            rp_id.as_deref(),
+            json,
+        );
+    }
+    let Ok(text) = String::from_utf8(bytes) else {
+        return usage(format!(
+            "{}: neither a receipt nor UTF-8 text",
+            file.display()
+        ));
     };
     let results = verify_all(&text, rp_id.as_deref());
     let valid = !results.is_empty() && results.iter().all(|(_, r)| r.is_ok());
@@ -100,13 +142,105 @@ pub fn run(command: EvidenceCommand) -> ExitCode {
     }
 }
 
-fn read(file: &Path) -> Result<String, String> {
-    let bytes = if file == Path::new("-") {
-        signet::files::read_limited(std::io::stdin().lock(), FILE_MAX, "stdin")?
+fn read(file: &Path) -> Result<Vec<u8>, String> {
+    if file == Path::new("-") {
+        signet::files::read_limited(std::io::stdin().lock(), FILE_MAX, "stdin")
     } else {
-        signet::files::read_bounded(file, FILE_MAX)?
+        signet::files::read_bounded(file, FILE_MAX)
+    }
+}
+
+/// A receipt's COSE bytes, if FILE holds one: raw (CBOR tag 18), as
+/// base64url text, or as the `receipt` member of a JSON object.
+fn receipt_bytes(bytes: &[u8]) -> Option<Vec<u8>> {
+    if bytes.first() == Some(&0xd2) {
+        return Some(bytes.to_vec());
+    }
+    let text = std::str::from_utf8(bytes).ok()?.trim();
+    let encoded = match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(o)) => o.get("receipt")?.as_str()?.to_string(),
+        Ok(_) => return None,
+        Err(_) => text.to_string(),
     };
-    String::from_utf8(bytes).map_err(|_| format!("{}: not UTF-8 text", file.display()))
+    let decoded =
+        signet::webauthn::b64url_decode("receipt", &encoded, signet::receipt::RECEIPT_MAX).ok()?;
+    (decoded.first() == Some(&0xd2)).then_some(decoded)
+}
+
+/// The approval-countersign public key from an SPKI PEM or a certificate.
+fn countersign_key(path: &Path, certificate: bool) -> Result<signet::keys::EcPublicKey, String> {
+    use p256::pkcs8::DecodePublicKey;
+    let pem = String::from_utf8(signet::files::read_bounded(path, 64 * 1024)?)
+        .map_err(|_| format!("{}: not PEM text", path.display()))?;
+    let spki = if certificate {
+        use der::{DecodePem, Encode};
+        let cert = x509_cert::Certificate::from_pem(pem.as_bytes())
+            .map_err(|e| format!("{}: not a PEM certificate: {e}", path.display()))?;
+        cert.tbs_certificate()
+            .subject_public_key_info()
+            .to_der()
+            .map_err(|e| format!("{}: {e}", path.display()))?
+    } else {
+        let blocks = signet::mds::pem_blocks(&pem, "PUBLIC KEY")
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let [der] = <[Vec<u8>; 1]>::try_from(blocks)
+            .map_err(|_| format!("{}: must hold one PUBLIC KEY", path.display()))?;
+        der
+    };
+    p256::PublicKey::from_public_key_der(&spki)
+        .map(|k| signet::keys::EcPublicKey::from_p256(&k))
+        .map_err(|e| format!("{}: not a P-256 public key: {e}", path.display()))
+}
+
+fn report_receipt(
+    verdict: Result<signet::receipt::VerifiedReceipt, EvidenceError>,
+    rp_id: Option<&str>,
+    json: bool,
+) -> ExitCode {
+    let verdict = verdict.and_then(|v| match rp_id {
+        Some(rp) if rp != v.rp_id => Err(EvidenceError {
+            field: "receipt.rp".into(),
+            reason: format!("is {:?}, not {rp:?}", v.rp_id),
+        }),
+        _ => Ok(v),
+    });
+    if json {
+        let out = match &verdict {
+            Ok(v) => {
+                let mut o = json!({ "valid": true });
+                if let (Value::Object(o), Ok(Value::Object(v))) = (&mut o, serde_json::to_value(v))
+                {
+                    o.extend(v);
+                }
+                o
+            }
+            Err(e) => json!({ "valid": false, "field": e.field, "reason": e.reason }),
+        };
+        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    } else {
+        match &verdict {
+            Ok(v) => println!(
+                "valid signet receipt (countersigned by {}): transaction {} {} approved on {} \
+                 with credential {} (tier {}, policy {}, user {}verified, counter {}) at {}",
+                v.kid,
+                v.transaction_id,
+                signet::files::one_line(&v.transaction),
+                signet::files::one_line(&v.origin),
+                v.credential_id,
+                v.tier,
+                signet::files::one_line(&v.policy_version),
+                if v.user_verified { "" } else { "not " },
+                v.sign_count,
+                v.verified_at
+            ),
+            Err(e) => println!("invalid: {}", signet::files::one_line(&e.to_string())),
+        }
+    }
+    if verdict.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }
 
 /// One record (a whole-file JSON object, pretty-printed or not) or one

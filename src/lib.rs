@@ -14,6 +14,7 @@ pub mod identity;
 pub mod keys;
 pub mod mds;
 pub mod policy;
+pub mod receipt;
 pub mod rfc3339;
 pub mod seal;
 pub mod speed;

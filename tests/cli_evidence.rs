@@ -116,3 +116,159 @@ fn usage_errors_exit_2() {
     let out = evidence(&["verify", "--bogus", "-"], Some(SAMPLE));
     assert_eq!(out.status.code(), Some(2));
 }
+
+mod receipts {
+    use super::*;
+    use p256::ecdsa::signature::Signer;
+    use signet::keys::{EcPublicKey, EcdsaSignature, Kid};
+    use signet::receipt::Receipt;
+    use signet::testkit::{Ceremony, SoftAuthenticator};
+    use signet::transaction::Details;
+    use signet::webauthn::{CoseAlgorithm, b64url};
+
+    /// A receipt for a real soft-authenticator approval, countersigned by
+    /// the key made from `seed`; and that key's SPKI PEM.
+    fn receipt(seed: u8) -> (Vec<u8>, String, p256::SecretKey) {
+        let details = Details::parse(&serde_json::json!({
+            "type": "payment", "amount": "99.95", "currency": "EUR"
+        }))
+        .expect("details");
+        let nonce = [9u8; 32];
+        let challenge = details.challenge(&nonce);
+        let mut auth = SoftAuthenticator::new(CoseAlgorithm::Es256);
+        let parts = auth.assert(&Ceremony::new(
+            "bank.example",
+            "https://bank.example",
+            &challenge,
+        ));
+        let r = Receipt {
+            transaction_id: [2; 16],
+            details: details.canonical,
+            nonce,
+            challenge,
+            rp_id: "bank.example".into(),
+            credential_id: auth.credential_id.clone(),
+            public_key: auth.key().cose_key(),
+            authenticator_data: parts.auth_data.clone(),
+            client_data_json: parts.client_data_json.as_bytes().to_vec(),
+            signature: parts.signature.clone(),
+            aaguid: [0; 16],
+            tier: 2,
+            policy_version: "bank-7".into(),
+            verified_ms: 1_800_000_000_000,
+        };
+        let secret = p256::SecretKey::from_slice(&[seed; 32]).expect("key");
+        let public = EcPublicKey::from_p256(&secret.public_key());
+        let (tbs, unsigned) = r.to_be_signed(&Kid::of(&public)).expect("tbs");
+        let sig: p256::ecdsa::Signature = p256::ecdsa::SigningKey::from(&secret).sign(&tbs);
+        let bytes = Receipt::finish(
+            unsigned,
+            &EcdsaSignature::from_raw(&sig.to_bytes()).expect("raw"),
+        )
+        .expect("finish");
+        (bytes, public.pem(), secret)
+    }
+
+    #[test]
+    fn a_receipt_verifies_with_the_countersign_key_in_every_encoding() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (bytes, pem, secret) = receipt(3);
+        let key = dir.path().join("countersign.pem");
+        std::fs::write(&key, &pem).expect("write key");
+        let raw = dir.path().join("receipt.cose");
+        std::fs::write(&raw, &bytes).expect("write");
+        let text = dir.path().join("receipt.txt");
+        std::fs::write(&text, format!("{}\n", b64url(&bytes))).expect("write");
+        let json = dir.path().join("receipt.json");
+        std::fs::write(
+            &json,
+            serde_json::json!({"receipt": b64url(&bytes)}).to_string(),
+        )
+        .expect("write");
+        for file in [&raw, &text, &json] {
+            let out = evidence(
+                &[
+                    "verify",
+                    "--key",
+                    key.to_str().expect("p"),
+                    file.to_str().expect("p"),
+                ],
+                None,
+            );
+            assert_eq!(out.status.code(), Some(0), "{}", super::text(&out));
+            assert!(super::text(&out).contains("valid signet receipt"));
+        }
+        let out = evidence(
+            &[
+                "verify",
+                "--json",
+                "--rp-id",
+                "bank.example",
+                "--key",
+                key.to_str().expect("p"),
+                "-",
+            ],
+            Some(&b64url(&bytes)),
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+        assert_eq!(v["valid"], true, "{v}");
+        assert_eq!(v["tier"], 2);
+        assert!(v["transaction"].as_str().expect("t").contains("99.95"));
+
+        // A certificate of the key works as well as the bare key.
+        let pkcs8 = {
+            use p256::pkcs8::EncodePrivateKey;
+            secret.to_pkcs8_der().expect("pkcs8")
+        };
+        let kp = rcgen::KeyPair::try_from(pkcs8.as_bytes()).expect("keypair");
+        let cert = rcgen::CertificateParams::new(vec!["countersign".into()])
+            .expect("params")
+            .self_signed(&kp)
+            .expect("cert");
+        let cert_file = dir.path().join("countersign.crt");
+        std::fs::write(&cert_file, cert.pem()).expect("write cert");
+        let out = evidence(
+            &[
+                "verify",
+                "--cert",
+                cert_file.to_str().expect("p"),
+                raw.to_str().expect("p"),
+            ],
+            None,
+        );
+        assert_eq!(out.status.code(), Some(0), "{}", super::text(&out));
+    }
+
+    #[test]
+    fn a_receipt_with_another_key_or_without_one_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (bytes, _, _) = receipt(3);
+        let (_, other_pem, _) = receipt(4);
+        let key = dir.path().join("other.pem");
+        std::fs::write(&key, other_pem).expect("write");
+        let out = evidence(
+            &["verify", "--json", "--key", key.to_str().expect("p"), "-"],
+            Some(&b64url(&bytes)),
+        );
+        assert_eq!(out.status.code(), Some(1));
+        let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+        assert_eq!(v["field"], "receipt.signature");
+        let out = evidence(
+            &[
+                "verify",
+                "--rp-id",
+                "evil.example",
+                "--key",
+                key.to_str().expect("p"),
+                "-",
+            ],
+            Some(&b64url(&receipt(4).0)),
+        );
+        assert_eq!(out.status.code(), Some(1));
+        assert!(super::text(&out).contains("receipt.rp"));
+        // No key: usage.
+        let out = evidence(&["verify", "-"], Some(&b64url(&bytes)));
+        assert_eq!(out.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--key or --cert"));
+    }
+}

@@ -177,72 +177,139 @@ pub fn verify_record(record: &LogRecord, rp_id: Option<&str>) -> Result<Verified
     let expected = match record.format() {
         Format::Airlock => airlock_challenge(&record.transaction, &record.nonce),
     };
+    let a = check_assertion(
+        &Assertion {
+            client_data_json: record.client_data_json.as_bytes(),
+            authenticator_data: &record.authenticator_data,
+            signature: &record.signature,
+            public_key: &record.public_key,
+        },
+        &expected,
+        rp_id,
+        Fields {
+            client_data: "CCD",
+            authenticator_data: "CAD",
+            signature: "S",
+            public_key: "P",
+            challenge_from: "T and N: the transaction or the nonce differs from what was signed",
+        },
+    )?;
+    Ok(Verified {
+        format: record.format().as_str(),
+        transaction: record.transaction.clone(),
+        ceremony: a.ceremony,
+        origin: a.origin,
+        challenge: b64url(&expected),
+        rp_id_hash: crate::hex::encode(&a.rp_id_hash),
+        user_present: true,
+        user_verified: a.user_verified,
+        sign_count: a.sign_count,
+        algorithm: a.algorithm,
+        key_sha256: crate::hex::encode(&sha256(&record.public_key)),
+    })
+}
 
-    // 1. The client data: an assertion, over the derived challenge.
-    let ccd: Value = serde_json::from_str(&record.client_data_json)
-        .map_err(|e| bad("CCD", format!("not JSON: {e}")))?;
+/// An assertion as evidence carries it.
+pub struct Assertion<'a> {
+    pub client_data_json: &'a [u8],
+    pub authenticator_data: &'a [u8],
+    pub signature: &'a [u8],
+    /// The credential's COSE public key.
+    pub public_key: &'a [u8],
+}
+
+/// The names a piece of evidence gives the assertion's parts, for errors.
+pub struct Fields {
+    pub client_data: &'static str,
+    pub authenticator_data: &'static str,
+    pub signature: &'static str,
+    pub public_key: &'static str,
+    /// What the expected challenge is derived from, for the mismatch error.
+    pub challenge_from: &'static str,
+}
+
+/// What a checked assertion says.
+pub struct Checked {
+    pub ceremony: String,
+    pub origin: String,
+    pub rp_id_hash: [u8; 32],
+    pub user_verified: bool,
+    pub sign_count: u32,
+    pub algorithm: i64,
+}
+
+/// One approval's assertion, offline (WebAuthn §7.2's checks that need no
+/// stored state): the client data is an assertion (`webauthn.get` or
+/// `payment.get`) over `challenge`; the authenticator data has user
+/// presence and, when `rp_id` is given, its hash; the signature verifies
+/// with the key over `authenticatorData ‖ SHA-256(clientDataJSON)`.
+pub fn check_assertion(
+    a: &Assertion<'_>,
+    challenge: &[u8],
+    rp_id: Option<&str>,
+    f: Fields,
+) -> Result<Checked, EvidenceError> {
+    let cd: Value = serde_json::from_slice(a.client_data_json)
+        .map_err(|e| bad(f.client_data, format!("not JSON: {e}")))?;
     let member = |name: &str| -> Result<String, EvidenceError> {
-        ccd.get(name)
+        cd.get(name)
             .and_then(Value::as_str)
             .map(str::to_string)
-            .ok_or_else(|| bad(format!("CCD.{name}"), "is missing or not a string"))
+            .ok_or_else(|| {
+                bad(
+                    format!("{}.{name}", f.client_data),
+                    "is missing or not a string",
+                )
+            })
     };
     let ceremony = member("type")?;
     if ceremony != "webauthn.get" && ceremony != "payment.get" {
         return Err(bad(
-            "CCD.type",
+            format!("{}.type", f.client_data),
             format!("is {ceremony:?}, not an assertion (webauthn.get or payment.get)"),
         ));
     }
-    let challenge_text = member("challenge")?;
-    let challenge = b64url_decode("CCD.challenge", &challenge_text, 1024)
-        .map_err(|e| bad("CCD.challenge", e.to_string()))?;
-    if challenge != expected {
+    let field = format!("{}.challenge", f.client_data);
+    let got = b64url_decode(&field, &member("challenge")?, 1024)
+        .map_err(|e| bad(&field, e.to_string()))?;
+    if got != challenge {
         return Err(bad(
-            "CCD.challenge",
-            "is not the challenge derived from T and N: the transaction or the nonce differs from what was signed",
+            field,
+            format!("is not the challenge derived from {}", f.challenge_from),
         ));
     }
     let origin = member("origin")?;
 
-    // 2. The authenticator data.
-    let cad = AuthenticatorData::parse(&record.authenticator_data, "CAD")
-        .map_err(|e| bad("CAD", e.to_string()))?;
-    if !cad.flags.up {
+    let ad = AuthenticatorData::parse(a.authenticator_data, f.authenticator_data)
+        .map_err(|e| bad(f.authenticator_data, e.to_string()))?;
+    if !ad.flags.up {
         return Err(bad(
-            "CAD.flags",
+            format!("{}.flags", f.authenticator_data),
             "user presence (UP) is not set: no one approved",
         ));
     }
     if let Some(rp) = rp_id
-        && cad.rp_id_hash != sha256(rp.as_bytes())
+        && ad.rp_id_hash != sha256(rp.as_bytes())
     {
         return Err(bad(
-            "CAD.rpIdHash",
+            format!("{}.rpIdHash", f.authenticator_data),
             format!("is not SHA-256 of the RP ID {rp:?}"),
         ));
     }
 
-    // 3. The signature, with the credential's key.
-    let key = CredentialPublicKey::from_cose(&record.public_key, "P")
-        .map_err(|e| bad("P", e.to_string()))?;
-    let mut signed = record.authenticator_data.clone();
-    signed.extend_from_slice(&sha256(record.client_data_json.as_bytes()));
-    key.verify(&signed, &record.signature, "S")
-        .map_err(|e| bad("S", e.to_string()))?;
-
-    Ok(Verified {
-        format: record.format().as_str(),
-        transaction: record.transaction.clone(),
+    let key = CredentialPublicKey::from_cose(a.public_key, f.public_key)
+        .map_err(|e| bad(f.public_key, e.to_string()))?;
+    let mut signed = a.authenticator_data.to_vec();
+    signed.extend_from_slice(&sha256(a.client_data_json));
+    key.verify(&signed, a.signature, f.signature)
+        .map_err(|e| bad(f.signature, e.to_string()))?;
+    Ok(Checked {
         ceremony,
         origin,
-        challenge: b64url(&challenge),
-        rp_id_hash: crate::hex::encode(&cad.rp_id_hash),
-        user_present: cad.flags.up,
-        user_verified: cad.flags.uv,
-        sign_count: cad.sign_count,
+        rp_id_hash: ad.rp_id_hash,
+        user_verified: ad.flags.uv,
+        sign_count: ad.sign_count,
         algorithm: key.alg.id(),
-        key_sha256: crate::hex::encode(&sha256(&record.public_key)),
     })
 }
 

@@ -31,12 +31,10 @@ use ciborium::Value;
 use coset::iana::{self, EnumI64};
 use coset::{CborSerializable, CoseSign1, CoseSign1Builder, HeaderBuilder, TaggedCborSerializable};
 
-use crate::evidence::EvidenceError;
+use crate::evidence::{Assertion, EvidenceError, Fields, check_assertion};
 use crate::keys::{EcPublicKey, EcdsaSignature, Kid, sha256};
 use crate::transaction::{self, NONCE_LEN};
-use crate::webauthn::authenticator_data::AuthenticatorData;
-use crate::webauthn::cose_key::CredentialPublicKey;
-use crate::webauthn::{b64url, b64url_decode};
+use crate::webauthn::b64url;
 
 /// The largest receipt accepted.
 pub const RECEIPT_MAX: usize = 64 * 1024;
@@ -283,54 +281,37 @@ pub fn verify(bytes: &[u8], key: &EcPublicKey) -> Result<VerifiedReceipt, Eviden
     }
     let details = String::from_utf8(r.details.clone())
         .map_err(|_| bad("receipt.details", "is not UTF-8 JSON"))?;
-    let cd: serde_json::Value = serde_json::from_slice(&r.client_data_json)
-        .map_err(|e| bad("receipt.cd", format!("not JSON: {e}")))?;
-    let member = |name: &str| {
-        cd.get(name)
-            .and_then(serde_json::Value::as_str)
-            .map(str::to_string)
-            .ok_or_else(|| bad(format!("receipt.cd.{name}"), "is missing or not a string"))
-    };
-    let ceremony = member("type")?;
-    if ceremony != "webauthn.get" && ceremony != "payment.get" {
-        return Err(bad("receipt.cd.type", "is not an assertion"));
-    }
-    let challenge = b64url_decode("challenge", &member("challenge")?, 1024)
-        .map_err(|e| bad("receipt.cd.challenge", e.to_string()))?;
-    if challenge != r.challenge {
-        return Err(bad(
-            "receipt.cd.challenge",
-            "is not the transaction's challenge",
-        ));
-    }
-    let ad = AuthenticatorData::parse(&r.authenticator_data, "receipt.ad")
-        .map_err(|e| bad("receipt.ad", e.to_string()))?;
-    if !ad.flags.up {
-        return Err(bad("receipt.ad.flags", "user presence (UP) is not set"));
-    }
-    if ad.rp_id_hash != sha256(r.rp_id.as_bytes()) {
-        return Err(bad("receipt.ad.rpIdHash", "is not SHA-256 of receipt.rp"));
-    }
-    let pk = CredentialPublicKey::from_cose(&r.public_key, "receipt.pk")
-        .map_err(|e| bad("receipt.pk", e.to_string()))?;
-    let mut signed = r.authenticator_data.clone();
-    signed.extend_from_slice(&sha256(&r.client_data_json));
-    pk.verify(&signed, &r.signature, "receipt.sig")
-        .map_err(|e| bad("receipt.sig", e.to_string()))?;
+    let a = check_assertion(
+        &Assertion {
+            client_data_json: &r.client_data_json,
+            authenticator_data: &r.authenticator_data,
+            signature: &r.signature,
+            public_key: &r.public_key,
+        },
+        &r.challenge,
+        Some(&r.rp_id),
+        Fields {
+            client_data: "receipt.cd",
+            authenticator_data: "receipt.ad",
+            signature: "receipt.sig",
+            public_key: "receipt.pk",
+            challenge_from: "the transaction's details and nonce",
+        },
+    )?;
     Ok(VerifiedReceipt {
         format: "signet-receipt",
         transaction_id: b64url(&r.transaction_id),
         transaction: details,
         rp_id: r.rp_id,
-        origin: member("origin")?,
+        origin: a.origin,
         credential_id: b64url(&r.credential_id),
         key_sha256: crate::hex::encode(&sha256(&r.public_key)),
         aaguid: crate::webauthn::uuid_text(&r.aaguid),
         tier: r.tier,
         policy_version: r.policy_version,
         verified_at: crate::rfc3339::format_ms(r.verified_ms),
-        user_verified: ad.flags.uv,
-        sign_count: ad.sign_count,
+        user_verified: a.user_verified,
+        sign_count: a.sign_count,
         kid: kid.to_string(),
     })
 }

@@ -108,8 +108,11 @@ pub fn prepare(config: &Config, profile: &Profile) -> anyhow::Result<Prepared> {
     let policy = load_policy(config)?;
     tracing::info!(version = %policy.version, sha256 = %policy.sha256, "trust policy loaded");
     let mut services = Services::new(config, store, ring, policy);
-    services.devices.key_attestation_roots =
-        key_attestation_roots(&config.devices.key_attestation_roots)?;
+    // Services::new starts from the built-in roots; configured ones replace them.
+    if !config.devices.key_attestation_roots.is_empty() {
+        services.devices.key_attestation_roots =
+            key_attestation_roots(&config.devices.key_attestation_roots)?;
+    }
     let services = Arc::new(services);
     let state = AppState {
         services,

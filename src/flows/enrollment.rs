@@ -386,7 +386,7 @@ fn key_attestation(
     obj: &Map<String, Value>,
     key: &EcPublicKey,
     now: SystemTime,
-) -> Result<Option<Vec<u8>>, FlowError> {
+) -> Result<Option<device_attestation::KeyAttestation>, FlowError> {
     let chain = match obj.get("keyAttestation") {
         None | Some(Value::Null) => {
             if s.devices.require_key_attestation {
@@ -422,11 +422,9 @@ fn key_attestation(
             .ok_or_else(|| FlowError::invalid(&field, "must be a base64url string"))?;
         der.push(b64_field(text, &field, 1, device_attestation::CERT_MAX)?);
     }
-    let verified = device_attestation::verify(&der, key, &s.devices.key_attestation_roots, now)
-        .map_err(|e| FlowError::invalid(e.field.clone(), e.reason.clone()))?;
-    serde_json::to_vec(&verified)
+    device_attestation::verify(&der, key, &s.devices.key_attestation_roots, now)
         .map(Some)
-        .map_err(|e| FlowError::Internal(format!("key attestation record: {e}")))
+        .map_err(|e| FlowError::invalid(e.field, e.reason))
 }
 
 /// `POST /v1/devices`: a device enrolls its key for a user; state `pending`.
@@ -472,7 +470,11 @@ pub fn enroll(
         action: req.action.clone(),
         public_key: key.sec1().to_vec(),
         platform,
-        key_attestation: attestation,
+        key_attestation: attestation
+            .as_ref()
+            .map(serde_json::to_vec)
+            .transpose()
+            .map_err(|e| FlowError::Internal(format!("key attestation record: {e}")))?,
         reference: None,
         created_ms: now_ms,
         updated_ms: now_ms,
@@ -488,11 +490,7 @@ pub fn enroll(
         }],
     };
     s.store.insert_device(&record)?;
-    let level = record
-        .key_attestation
-        .as_deref()
-        .and_then(|b| serde_json::from_slice::<Value>(b).ok())
-        .and_then(|v| v.get("security_level").cloned());
+    let level = attestation.as_ref().map(|a| a.security_level.clone());
     s.record(
         AuditEvent::new(now_ms, actor, "device.enrolled", b64url(&record.id)).with_detail(json!({
             "state": "pending",
@@ -712,27 +710,15 @@ fn from_token_error(e: TokenError) -> FlowError {
             field: "request.tok.signature".into(),
             reason: "does not verify with this signet's token-signing key".into(),
         },
-        e => {
-            let field = e.field().to_string();
-            let field = match field.strip_prefix("token") {
-                Some(rest) => format!("request.tok{rest}"),
-                None => field,
-            };
-            let text = e.to_string();
-            let reason = text
-                .split_once(": ")
-                .map_or(text.as_str(), |(_, r)| r)
-                .to_string();
-            if field.starts_with("request.tok") {
-                FlowError::Device {
-                    problem: DeviceProblem::TokenInvalid,
-                    field,
-                    reason,
-                }
-            } else {
-                FlowError::invalid(field, reason)
-            }
-        }
+        TokenError::Malformed { field, reason } => match field.strip_prefix("token") {
+            Some(rest) => FlowError::Device {
+                problem: DeviceProblem::TokenInvalid,
+                field: format!("request.tok{rest}"),
+                reason,
+            },
+            None => FlowError::invalid(field, reason),
+        },
+        TokenError::Encoding => FlowError::Internal("token: could not be encoded".into()),
     }
 }
 

@@ -19,13 +19,19 @@ pub enum EvidenceCommand {
     /// the assertion it vouches for; or verification-log records (one JSON
     /// object, or one per line), checked by their own public key, the
     /// challenge re-derived from the transaction and the nonce, and user
-    /// presence. Records in Airlock IAM's format (S, T, CAD, CCD, N, P) are
-    /// recognised, so a bank migrating from Airlock verifies its archive
-    /// with this tool. `-` reads stdin. Exit 0: valid; 1: invalid (the
-    /// line and member at fault named); 2: usage, or FILE unreadable.
+    /// presence. signet's own verification-log lines (`"format":
+    /// "signet-verification-log/1"`, with the transaction id, RP ID and
+    /// time; their RP ID is always checked) and records in Airlock IAM's
+    /// format (S, T, CAD, CCD, N, P) are recognised, mixed in one file if
+    /// need be, so a bank migrating from Airlock verifies its archive with
+    /// this tool too. The logs hold the transactions (payees, amounts):
+    /// handle them as such. `-` reads stdin. Exit 0: valid; 1: invalid
+    /// (the line and member at fault named); 2: usage, or FILE
+    /// unreadable.
     #[command(after_help = "Examples:\n  \
         signet evidence verify approval.json\n  \
         signet evidence verify --rp-id bank.example --json approvals.log\n  \
+        signet evidence verify verification-log.jsonl\n  \
         signet evidence verify --key approval-countersign.pem receipt.cose")]
     Verify {
         file: PathBuf,
@@ -36,7 +42,9 @@ pub enum EvidenceCommand {
         /// A certificate of the approval-countersign key (PEM), for receipts.
         #[arg(long, value_name = "PEM")]
         cert: Option<PathBuf>,
-        /// Also check that the authenticator data names this RP ID.
+        /// Also check that the authenticator data names this RP ID (a
+        /// signet line's is always checked against its own `rp`, which must
+        /// then be this one).
         #[arg(long, value_name = "ID")]
         rp_id: Option<String>,
         /// Print JSON instead of text.
@@ -118,14 +126,22 @@ pub fn run(command: EvidenceCommand) -> ExitCode {
         for (line, r) in &results {
             match r {
                 Ok(v) => println!(
-                    "line {line}: valid {}: transaction {} approved on {} ({}, user {}verified, \
-                     counter {}), key sha256 {}",
+                    "line {line}: valid {}: transaction {}{} approved on {} ({}, user \
+                     {}verified, counter {}){}, key sha256 {}",
                     v.format,
+                    v.transaction_id
+                        .as_ref()
+                        .map(|id| format!("{id} "))
+                        .unwrap_or_default(),
                     signet::files::one_line(&v.transaction),
                     signet::files::one_line(&v.origin),
                     v.ceremony,
                     if v.user_verified { "" } else { "not " },
                     v.sign_count,
+                    v.verified_at
+                        .as_ref()
+                        .map(|at| format!(", verified by signet at {at}"))
+                        .unwrap_or_default(),
                     v.key_sha256
                 ),
                 Err(e) => println!(

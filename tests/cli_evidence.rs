@@ -272,3 +272,145 @@ mod receipts {
         assert!(String::from_utf8_lossy(&out.stderr).contains("--key or --cert"));
     }
 }
+
+mod signet_lines {
+    use super::*;
+    use signet::evidence::{LogRecord, SignetMeta};
+    use signet::testkit::{Ceremony, SoftAuthenticator};
+    use signet::transaction::{Details, NONCE_LEN};
+    use signet::webauthn::{CoseAlgorithm, b64url};
+
+    /// signet's verification-log line for a real soft-authenticator
+    /// approval of `amount` CHF, transaction id `[tx; 16]`.
+    fn line(tx: u8, amount: &str) -> String {
+        let details = Details::parse(&serde_json::json!({
+            "type": "payment", "amount": amount, "currency": "CHF",
+            "payee": {"name": "ACME AG", "iban": "CH9300762011623852957"}
+        }))
+        .expect("details");
+        let nonce = [tx; NONCE_LEN];
+        let mut auth = SoftAuthenticator::new(CoseAlgorithm::Es256);
+        let parts = auth.assert(&Ceremony::new(
+            "bank.example",
+            "https://bank.example",
+            &details.challenge(&nonce),
+        ));
+        LogRecord {
+            signature: parts.signature.clone(),
+            transaction: String::from_utf8(details.canonical).expect("utf-8"),
+            authenticator_data: parts.auth_data.clone(),
+            client_data_json: parts.client_data_json.clone(),
+            nonce: b64url(&nonce),
+            public_key: auth.key().cose_key(),
+            signet: Some(SignetMeta {
+                transaction_id: [tx; 16],
+                rp_id: "bank.example".into(),
+                verified_ms: 1_800_000_000_123,
+            }),
+        }
+        .to_line()
+        .expect("line")
+    }
+
+    fn write(dir: &tempfile::TempDir, name: &str, lines: &[&str]) -> String {
+        let file = dir.path().join(name);
+        std::fs::write(&file, lines.join("\n") + "\n").expect("write");
+        file.to_str().expect("path").to_string()
+    }
+
+    #[test]
+    fn a_log_of_signet_lines_verifies() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (one, two) = (line(1, "1500.00"), line(2, "20.50"));
+        let file = write(&dir, "verification.jsonl", &[&one, &two]);
+        let out = evidence(&["verify", &file], None);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let shown = text(&out);
+        for (n, tx, amount) in [
+            (1, b64url(&[1; 16]), "1500.00"),
+            (2, b64url(&[2; 16]), "20.50"),
+        ] {
+            let expected = format!("line {n}: valid signet-verification-log: transaction {tx} ");
+            assert!(shown.contains(&expected), "{shown}");
+            assert!(shown.contains(amount), "{shown}");
+        }
+        assert!(
+            shown.contains("verified by signet at 2027-01-15T08:00:00.123Z"),
+            "{shown}"
+        );
+
+        let out = evidence(
+            &["verify", "--json", "--rp-id", "bank.example", &file],
+            None,
+        );
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+        assert_eq!(v["valid"], true, "{v}");
+        assert_eq!(v["records"][1]["line"], 2);
+        assert_eq!(v["records"][1]["format"], "signet-verification-log");
+        assert_eq!(v["records"][1]["transactionId"], b64url(&[2; 16]));
+        assert_eq!(v["records"][1]["verifiedAt"], "2027-01-15T08:00:00.123Z");
+
+        // Another RP ID than the lines': refused, naming rp.
+        let out = evidence(
+            &["verify", "--json", "--rp-id", "evil.example", &file],
+            None,
+        );
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+        assert_eq!(v["records"][0]["field"], "rp", "{v}");
+    }
+
+    #[test]
+    fn a_tampered_second_line_is_invalid_and_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let one = line(1, "1500.00");
+        let two = line(2, "20.50");
+        assert!(two.contains("20.50"));
+        let two = two.replacen("20.50", "2050.00", 1);
+        let file = write(&dir, "tampered.jsonl", &[&one, &two]);
+        let out = evidence(&["verify", &file], None);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        let shown = text(&out);
+        assert!(
+            shown.contains("line 1: valid signet-verification-log"),
+            "{shown}"
+        );
+        assert!(shown.contains("line 2: invalid: CCD.challenge"), "{shown}");
+        let out = evidence(&["verify", "--json", &file], None);
+        assert_eq!(out.status.code(), Some(1));
+        let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+        assert_eq!(v["valid"], false);
+        assert_eq!(v["records"][0]["valid"], true);
+        assert_eq!(v["records"][1]["line"], 2);
+        assert_eq!(v["records"][1]["field"], "CCD.challenge", "{v}");
+    }
+
+    #[test]
+    fn airlock_records_and_signet_lines_mix_in_one_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let signet = line(3, "99.00");
+        let stored = include_str!("data/signet-log-sample.jsonl").trim_end();
+        let file = write(&dir, "mixed.jsonl", &[SAMPLE.trim(), &signet, stored]);
+        let out = evidence(&["verify", "--json", &file], None);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+        assert_eq!(v["valid"], true, "{v}");
+        assert_eq!(v["records"][0]["format"], "airlock-verification-log");
+        assert!(v["records"][0].get("transactionId").is_none(), "{v}");
+        assert_eq!(v["records"][1]["format"], "signet-verification-log");
+        assert_eq!(v["records"][2]["format"], "signet-verification-log");
+        assert_eq!(v["records"][2]["transactionId"], "oKGio6SlpqeoqaqrrK2urw");
+        // One RP ID for both: the Airlock record's is localhost, so
+        // --rp-id bank.example fails it and passes the signet lines.
+        let out = evidence(
+            &["verify", "--json", "--rp-id", "bank.example", &file],
+            None,
+        );
+        assert_eq!(out.status.code(), Some(1));
+        let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+        assert_eq!(v["records"][0]["field"], "CAD.rpIdHash", "{v}");
+        assert_eq!(v["records"][1]["valid"], true, "{v}");
+        assert_eq!(v["records"][2]["valid"], true, "{v}");
+    }
+}

@@ -45,6 +45,8 @@
 //! [`Store::update_after_assertion`], [`Store::set_credential_flag`],
 //! [`Store::insert_device`], [`Store::update_device`],
 //! [`Store::bind_device`], [`Store::revoke_device`],
+//! [`Store::insert_transaction`], [`Store::update_transaction`],
+//! [`Store::approve_transaction`],
 //! [`Store::put_one_time`] and [`Store::put_ceremony`], a successful
 //! [`Store::consume_one_time`] / [`Store::consume_ceremony`],
 //! [`Store::append_audit`] and [`Store::put_checkpoint`]. If the flush fails the
@@ -147,6 +149,16 @@ pub mod limits {
     pub const TIMELINE_MAX: usize = 64;
     /// Credentials bound to one device.
     pub const DEVICE_CREDENTIALS_MAX: usize = 16;
+    /// A transaction's canonical details (`transaction::CANONICAL_MAX`).
+    pub const TRANSACTION_DETAILS_MAX: usize = 8 * 1024;
+    /// The text shown to the user for a transaction.
+    pub const TRANSACTION_DISPLAY_MAX: usize = 1024;
+    /// A transaction's flow state (what its options asked for).
+    pub const TRANSACTION_OPTIONS_MAX: usize = 8 * 1024;
+    /// An approval receipt: details, key, authenticator data, client data
+    /// and signatures at their limits stay below this; with the rest of a
+    /// transaction the record stays below `ONE_TIME_BODY_MAX`.
+    pub const RECEIPT_MAX: usize = 40 * 1024;
 }
 
 /// Why a store operation failed. Each variant names one cause so callers can
@@ -375,6 +387,88 @@ pub struct DeviceRecord {
     pub timeline: Vec<DeviceEvent>,
 }
 
+/// Transaction ids are random 128-bit values chosen by the approval flow.
+pub type TransactionId = [u8; 16];
+
+/// Where a transaction stands. Only `pending` moves; the others are final.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransactionState {
+    /// Waiting for the user's approval.
+    Pending,
+    Approved,
+    Cancelled,
+    /// Not approved before its expiry.
+    Expired,
+    /// Refused too many times: closed so that no further answer is tried.
+    Failed,
+}
+
+impl TransactionState {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            TransactionState::Pending => "pending",
+            TransactionState::Approved => "approved",
+            TransactionState::Cancelled => "cancelled",
+            TransactionState::Expired => "expired",
+            TransactionState::Failed => "failed",
+        }
+    }
+}
+
+impl fmt::Display for TransactionState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The approval of a transaction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransactionApproval {
+    #[serde(with = "serde_bytes_compat")]
+    pub credential_id: Vec<u8>,
+    pub approved_ms: u64,
+    /// The countersigned receipt (COSE_Sign1).
+    #[serde(with = "serde_bytes_compat")]
+    pub receipt: Vec<u8>,
+}
+
+/// A transaction waiting for, or holding, its approval (dynamic linking):
+/// kept after it closes, since its receipt is evidence.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransactionRecord {
+    #[serde(with = "serde_bytes_compat")]
+    pub id: TransactionId,
+    /// Raised by one with every change: [`Store::update_transaction`] and
+    /// [`Store::approve_transaction`] are compare-and-swap on it, so a
+    /// transaction is approved, cancelled or expired once.
+    pub revision: u64,
+    pub state: TransactionState,
+    #[serde(with = "serde_bytes_compat")]
+    pub user_id: Vec<u8>,
+    /// The policy action it is approved under.
+    pub action: String,
+    /// The details' canonical bytes (RFC 8785): what the challenge binds.
+    #[serde(with = "serde_bytes_compat")]
+    pub details: Vec<u8>,
+    #[serde(with = "serde_bytes_compat")]
+    pub nonce: [u8; 32],
+    /// The text the user is shown.
+    pub display: String,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+    /// Unapproved by then, the transaction expires.
+    pub expires_ms: u64,
+    /// Flow state, opaque to the store (what the options asked for).
+    #[serde(with = "serde_bytes_compat")]
+    pub options: Vec<u8>,
+    /// Answers refused so far.
+    pub attempts: u32,
+    pub approval: Option<TransactionApproval>,
+    /// Why it closed without approval (cancelled, expired, failed).
+    pub closed_reason: Option<String>,
+}
+
 /// Ceremony ids are random 128-bit values chosen by the flow.
 pub type CeremonyId = [u8; 16];
 
@@ -594,6 +688,27 @@ pub trait Store: Send + Sync {
     /// [`Store::update_device`], and every credential it names disabled
     /// with `reason`.
     fn revoke_device(&self, device: &DeviceRecord, reason: &str) -> Result<(), StoreError>;
+
+    // ---- transactions ----
+
+    /// Stores a new transaction (`revision` 1). `Exists` if the id is taken.
+    fn insert_transaction(&self, transaction: &TransactionRecord) -> Result<(), StoreError>;
+    fn transaction(&self, id: &TransactionId) -> Result<Option<TransactionRecord>, StoreError>;
+    /// Replaces the transaction if the stored one has `revision - 1`
+    /// (`Conflict` otherwise; `NotFound` if absent).
+    fn update_transaction(&self, transaction: &TransactionRecord) -> Result<(), StoreError>;
+    /// Approval, as one atomic step: the transaction replaced as by
+    /// [`Store::update_transaction`] (it must carry its approval), and the
+    /// approving credential's counter moved as by
+    /// [`Store::update_after_assertion`]. All or nothing: a counter that
+    /// regressed leaves the transaction pending, a transaction approved
+    /// concurrently leaves the counter alone.
+    fn approve_transaction(
+        &self,
+        transaction: &TransactionRecord,
+        new_sign_count: u32,
+        backup_state: bool,
+    ) -> Result<(), StoreError>;
 
     // ---- one-time objects ----
 
@@ -937,6 +1052,49 @@ impl DeviceRecord {
         if self.revision == 0 {
             return Err(StoreError::Invalid {
                 field: "device revision",
+                detail: "starts at 1".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl TransactionRecord {
+    pub fn validate(&self) -> Result<(), StoreError> {
+        check_user_id(&self.user_id)?;
+        check_len("action", self.action.len(), 1, limits::SHORT_TEXT_MAX)?;
+        check_len(
+            "transaction details",
+            self.details.len(),
+            2,
+            limits::TRANSACTION_DETAILS_MAX,
+        )?;
+        check_len(
+            "transaction display",
+            self.display.len(),
+            0,
+            limits::TRANSACTION_DISPLAY_MAX,
+        )?;
+        check_len(
+            "transaction options",
+            self.options.len(),
+            0,
+            limits::TRANSACTION_OPTIONS_MAX,
+        )?;
+        check_flag_reason(self.closed_reason.as_deref())?;
+        if let Some(a) = &self.approval {
+            check_credential_id(&a.credential_id)?;
+            check_len("receipt", a.receipt.len(), 1, limits::RECEIPT_MAX)?;
+        }
+        if (self.state == TransactionState::Approved) != self.approval.is_some() {
+            return Err(StoreError::Invalid {
+                field: "transaction approval",
+                detail: "present exactly when the state is approved".into(),
+            });
+        }
+        if self.revision == 0 {
+            return Err(StoreError::Invalid {
+                field: "transaction revision",
                 detail: "starts at 1".into(),
             });
         }

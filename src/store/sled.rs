@@ -17,6 +17,7 @@
 //! | `credentials` | credential id | [`CredentialRecord`] |
 //! | `credentials_by_user` | `len(user id) ‖ user id ‖ credential id` | empty |
 //! | `devices` | device id | [`DeviceRecord`] |
+//! | `transactions` | transaction id | [`TransactionRecord`] |
 //! | `one_time` | `kind tag ‖ id` | expiry and body |
 //! | `tombstones` | `kind tag ‖ id` | consumed/expired, when, purge time |
 //! | `expiry` | `time (BE u64) ‖ live/tombstone ‖ kind tag ‖ id` | empty |
@@ -51,8 +52,8 @@ use sled::{IVec, Tree};
 use super::{
     AUDIT_GENESIS_PREV_HASH, AuditBuilder, AuditEntry, CatalogInfo, Checkpoint, CredentialRecord,
     DeviceId, DeviceRecord, GroupCommit, MetadataEntry, MetadataStatus, OneTime, Store, StoreError,
-    User, bounded_text, check_catalog, check_credential_id, check_flag_reason, check_one_time,
-    decode_record, encode_record, hex,
+    TransactionId, TransactionRecord, TransactionState, User, bounded_text, check_catalog,
+    check_credential_id, check_flag_reason, check_one_time, decode_record, encode_record, hex,
 };
 
 /// Tree names, public so tests (and forensic tools) can reach the raw data.
@@ -62,6 +63,7 @@ pub mod trees {
     pub const CREDENTIALS: &str = "credentials";
     pub const CREDENTIALS_BY_USER: &str = "credentials_by_user";
     pub const DEVICES: &str = "devices";
+    pub const TRANSACTIONS: &str = "transactions";
     pub const ONE_TIME: &str = "one_time";
     pub const TOMBSTONES: &str = "tombstones";
     pub const EXPIRY: &str = "expiry";
@@ -119,6 +121,7 @@ pub struct SledStore {
     credentials: Tree,
     credentials_by_user: Tree,
     devices: Tree,
+    transactions: Tree,
     one_time: Tree,
     tombstones: Tree,
     expiry: Tree,
@@ -201,31 +204,88 @@ fn decode_tx<T: serde::de::DeserializeOwned>(
 
 /// Inside a transaction: replaces the device record if the stored one is
 /// the revision before `device`'s.
-fn swap_device(
-    devices: &sled::transaction::TransactionalTree,
-    device: &DeviceRecord,
+/// Records replaced by compare-and-swap on their revision.
+trait Revised: serde::de::DeserializeOwned {
+    const TREE: &'static str;
+    const WHAT: &'static str;
+    fn key(&self) -> &[u8];
+    fn revision(&self) -> u64;
+}
+
+impl Revised for DeviceRecord {
+    const TREE: &'static str = trees::DEVICES;
+    const WHAT: &'static str = "device";
+    fn key(&self) -> &[u8] {
+        &self.id
+    }
+    fn revision(&self) -> u64 {
+        self.revision
+    }
+}
+
+impl Revised for TransactionRecord {
+    const TREE: &'static str = trees::TRANSACTIONS;
+    const WHAT: &'static str = "transaction";
+    fn key(&self) -> &[u8] {
+        &self.id
+    }
+    fn revision(&self) -> u64 {
+        self.revision
+    }
+}
+
+/// Writes `record` (encoded as `value`) over the stored one if that one has
+/// the revision before it.
+fn swap<R: Revised>(
+    tree: &sled::transaction::TransactionalTree,
+    record: &R,
     value: &[u8],
 ) -> TxResult<()> {
-    let Some(bytes) = devices.get(device.id)? else {
-        return abort(StoreError::NotFound { what: "device" });
+    let key = record.key();
+    let Some(bytes) = tree.get(key)? else {
+        return abort(StoreError::NotFound { what: R::WHAT });
     };
-    let stored: DeviceRecord = decode_tx(trees::DEVICES, &device.id, &bytes)?;
-    if stored.id != device.id {
+    let stored: R = decode_tx(R::TREE, key, &bytes)?;
+    if stored.key() != key {
         return abort(corrupt(
-            trees::DEVICES,
-            &device.id,
+            R::TREE,
+            key,
             "record carries another id than its key",
         ));
     }
-    if stored.revision.checked_add(1) != Some(device.revision) {
+    if stored.revision().checked_add(1) != Some(record.revision()) {
         return abort(StoreError::Conflict {
             detail: format!(
-                "device changed concurrently (revision {} stored, {} written)",
-                stored.revision, device.revision
+                "{} changed concurrently (revision {} stored, {} written)",
+                R::WHAT,
+                stored.revision(),
+                record.revision()
             ),
         });
     }
-    devices.insert(device.id.as_slice(), value)?;
+    tree.insert(key, value)?;
+    Ok(())
+}
+
+/// A verified assertion's effect on its credential: the counter only
+/// grows (two zeros pass: authenticators without counters).
+fn advance_counter(
+    record: &mut CredentialRecord,
+    new_sign_count: u32,
+    backup_state: bool,
+    used_ms: u64,
+) -> Result<(), StoreError> {
+    let stored = record.sign_count;
+    if (stored != 0 || new_sign_count != 0) && new_sign_count <= stored {
+        return Err(StoreError::CounterRegression {
+            stored,
+            received: new_sign_count,
+        });
+    }
+    record.sign_count = new_sign_count;
+    record.backup_state = backup_state;
+    // Zero-counter authenticators race freely; keep the latest use.
+    record.last_used_ms = Some(record.last_used_ms.map_or(used_ms, |t| t.max(used_ms)));
     Ok(())
 }
 
@@ -336,6 +396,7 @@ impl SledStore {
             credentials: tree(trees::CREDENTIALS)?,
             credentials_by_user: tree(trees::CREDENTIALS_BY_USER)?,
             devices: tree(trees::DEVICES)?,
+            transactions: tree(trees::TRANSACTIONS)?,
             one_time: tree(trees::ONE_TIME)?,
             tombstones: tree(trees::TOMBSTONES)?,
             expiry: tree(trees::EXPIRY)?,
@@ -823,18 +884,7 @@ impl Store for SledStore {
     ) -> Result<(), StoreError> {
         check_credential_id(id)?;
         self.update_credential(id, |record| {
-            let stored = record.sign_count;
-            if (stored != 0 || new_sign_count != 0) && new_sign_count <= stored {
-                return Err(StoreError::CounterRegression {
-                    stored,
-                    received: new_sign_count,
-                });
-            }
-            record.sign_count = new_sign_count;
-            record.backup_state = backup_state;
-            // Zero-counter authenticators race freely; keep the latest use.
-            record.last_used_ms = Some(record.last_used_ms.map_or(used_ms, |t| t.max(used_ms)));
-            Ok(())
+            advance_counter(record, new_sign_count, backup_state, used_ms)
         })
     }
 
@@ -911,7 +961,7 @@ impl Store for SledStore {
         device.validate()?;
         let value = encode_record(device)?;
         self.devices
-            .transaction(|devices| swap_device(devices, device, &value))
+            .transaction(|devices| swap(devices, device, &value))
             .map_err(tx_error)?;
         self.durable()
     }
@@ -948,7 +998,7 @@ impl Store for SledStore {
         )
             .transaction(
                 |(devices, users, by_name, credentials, by_user)| -> TxResult<()> {
-                    swap_device(devices, device, &device_value)?;
+                    swap(devices, device, &device_value)?;
                     match (users.get(&user.id)?, by_name.get(user.name.as_bytes())?) {
                         (None, None) => {
                             users.insert(user.id.as_slice(), user_value.as_slice())?;
@@ -981,7 +1031,7 @@ impl Store for SledStore {
         let value = encode_record(device)?;
         (&self.devices, &self.credentials)
             .transaction(|(devices, credentials)| -> TxResult<()> {
-                swap_device(devices, device, &value)?;
+                swap(devices, device, &value)?;
                 for id in &device.credential_ids {
                     let Some(bytes) = credentials.get(id)? else {
                         continue; // deleted by an officer meanwhile
@@ -994,6 +1044,76 @@ impl Store for SledStore {
                         credentials.insert(id.as_slice(), v)?;
                     }
                 }
+                Ok(())
+            })
+            .map_err(tx_error)?;
+        self.durable()
+    }
+
+    fn insert_transaction(&self, transaction: &TransactionRecord) -> Result<(), StoreError> {
+        transaction.validate()?;
+        if transaction.revision != 1 || transaction.state != TransactionState::Pending {
+            return Err(StoreError::Invalid {
+                field: "transaction revision",
+                detail: "a new transaction is pending at revision 1".into(),
+            });
+        }
+        let value = encode_record(transaction)?;
+        self.transactions
+            .compare_and_swap(transaction.id, None as Option<&[u8]>, Some(value))?
+            .map_err(|_| StoreError::Exists {
+                what: "transaction id",
+            })?;
+        self.durable()
+    }
+
+    fn transaction(&self, id: &TransactionId) -> Result<Option<TransactionRecord>, StoreError> {
+        let Some(bytes) = self.transactions.get(id)? else {
+            return Ok(None);
+        };
+        let record: TransactionRecord = decode_record(trees::TRANSACTIONS, id, &bytes)?;
+        check_identity(trees::TRANSACTIONS, id, &record.id)?;
+        Ok(Some(record))
+    }
+
+    fn update_transaction(&self, transaction: &TransactionRecord) -> Result<(), StoreError> {
+        transaction.validate()?;
+        let value = encode_record(transaction)?;
+        self.transactions
+            .transaction(|tree| swap(tree, transaction, &value))
+            .map_err(tx_error)?;
+        self.durable()
+    }
+
+    fn approve_transaction(
+        &self,
+        transaction: &TransactionRecord,
+        new_sign_count: u32,
+        backup_state: bool,
+    ) -> Result<(), StoreError> {
+        transaction.validate()?;
+        let Some(approval) = &transaction.approval else {
+            return Err(StoreError::Invalid {
+                field: "transaction approval",
+                detail: "an approval must carry it".into(),
+            });
+        };
+        let value = encode_record(transaction)?;
+        let id = approval.credential_id.as_slice();
+        let used_ms = approval.approved_ms;
+        (&self.transactions, &self.credentials)
+            .transaction(|(transactions, credentials)| -> TxResult<()> {
+                swap(transactions, transaction, &value)?;
+                let Some(bytes) = credentials.get(id)? else {
+                    return abort(StoreError::NotFound { what: "credential" });
+                };
+                let mut record: CredentialRecord = decode_tx(trees::CREDENTIALS, id, &bytes)?;
+                check_identity(trees::CREDENTIALS, id, &record.id)
+                    .map_err(ConflictableTransactionError::Abort)?;
+                advance_counter(&mut record, new_sign_count, backup_state, used_ms)
+                    .map_err(ConflictableTransactionError::Abort)?;
+                let v = encode_record(&record).map_err(ConflictableTransactionError::Abort)?;
+                credentials.insert(id, v)?;
                 Ok(())
             })
             .map_err(tx_error)?;

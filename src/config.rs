@@ -66,6 +66,19 @@ pub struct Config {
     pub policy_reload_interval: Duration,
     /// Device binding: token and enrollment lifetimes, key attestation.
     pub devices: DeviceSettings,
+    /// Transaction approval: lifetime, verification log.
+    pub transactions: TransactionSettings,
+}
+
+#[derive(Clone, Debug)]
+pub struct TransactionSettings {
+    /// How long a transaction waits for its approval.
+    pub ttl: Duration,
+    /// Refused answers after which a transaction closes as failed.
+    pub attempts_max: u32,
+    /// Where each approval is also written as one JSON line (S, T, CAD,
+    /// CCD, N, P and signet's members); `None`: no verification log.
+    pub verification_log: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug)]
@@ -191,6 +204,16 @@ struct RawConfig {
     policy: Option<RawPolicy>,
     #[serde(default)]
     devices: RawDevices,
+    #[serde(default)]
+    transactions: RawTransactions,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTransactions {
+    ttl_s: Option<u64>,
+    attempts_max: Option<u64>,
+    verification_log: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -704,6 +727,29 @@ fn build(
         require_key_attestation: raw.devices.require_key_attestation.unwrap_or(false),
     };
 
+    let transactions = TransactionSettings {
+        ttl: Duration::from_secs(ranged(
+            raw.transactions.ttl_s,
+            300,
+            "transactions.ttl_s",
+            30,
+            86_400,
+        )?),
+        attempts_max: ranged(
+            raw.transactions.attempts_max,
+            5,
+            "transactions.attempts_max",
+            1,
+            100,
+        )? as u32,
+        verification_log: raw
+            .transactions
+            .verification_log
+            .as_deref()
+            .map(|f| resolve(base, f, "transactions.verification_log"))
+            .transpose()?,
+    };
+
     if raw.actions.is_some() {
         return Err(ConfigError::new(
             "actions",
@@ -727,6 +773,7 @@ fn build(
         policy,
         policy_reload_interval,
         devices,
+        transactions,
     })
 }
 

@@ -7,6 +7,7 @@ pub mod device_attestation;
 pub mod device_sim;
 pub mod device_token;
 pub mod evidence;
+pub mod evidence_log;
 pub mod files;
 pub mod flows;
 pub mod hex;

@@ -468,6 +468,16 @@ fn serve(args: &ServeArgs, log: Option<&str>, log_json: bool) -> anyhow::Result<
                 ""
             }
         );
+        println!(
+            "  transactions ttl {} s, failed after {} refused answers, verification log {}",
+            config.transactions.ttl.as_secs(),
+            config.transactions.attempts_max,
+            config
+                .transactions
+                .verification_log
+                .as_ref()
+                .map_or("off".to_string(), |p| p.display().to_string())
+        );
         for c in &config.clients {
             println!("  client      {} -> {}", c.name, c.role);
         }

@@ -57,6 +57,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::ceremonies::router())
         .merge(routes::credentials::router())
         .merge(routes::devices::router())
+        .merge(routes::transactions::router())
         .merge(routes::events::router())
         .merge(routes::keys::router())
         .merge(routes::audit::router())

@@ -199,6 +199,37 @@ impl From<FlowError> for Problem {
                 };
                 Problem::new(status, kind, title)
             }
+            FlowError::Transaction { problem, .. } => {
+                use crate::flows::TransactionProblem as T;
+                let (status, kind, title) = match problem {
+                    T::Approved => (
+                        StatusCode::CONFLICT,
+                        "transaction-approved",
+                        "The transaction was already approved",
+                    ),
+                    T::Closed => (
+                        StatusCode::CONFLICT,
+                        "transaction-closed",
+                        "The transaction is cancelled or failed",
+                    ),
+                    T::Expired => (
+                        StatusCode::GONE,
+                        "transaction-expired",
+                        "The transaction has expired; create a new one",
+                    ),
+                    T::NoReceipt => (
+                        StatusCode::CONFLICT,
+                        "transaction-not-approved",
+                        "The transaction has no receipt: it is not approved",
+                    ),
+                    T::Payment => (
+                        StatusCode::FORBIDDEN,
+                        "payment-mismatch",
+                        "The payment the user confirmed differs from the transaction",
+                    ),
+                };
+                Problem::new(status, kind, title)
+            }
             FlowError::Unavailable(cause) => {
                 tracing::warn!(cause = %cause, "key device unavailable");
                 return Problem::new(

@@ -113,6 +113,10 @@ pub fn prepare(config: &Config, profile: &Profile) -> anyhow::Result<Prepared> {
         services.devices.key_attestation_roots =
             key_attestation_roots(&config.devices.key_attestation_roots)?;
     }
+    if let Some(log) = &services.transactions.log {
+        log.open()
+            .with_context(|| format!("transactions.verification_log: {}", log.path().display()))?;
+    }
     let services = Arc::new(services);
     let state = AppState {
         services,

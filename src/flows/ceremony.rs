@@ -380,8 +380,52 @@ fn verify_requirement(
     })
 }
 
+/// The user's credentials the action would accept, for allowCredentials:
+/// the browser then asks for one that will do, not for one that would be
+/// refused. None: step-up (naming the best the user has) when some fall
+/// short, not-found when the user has none that the policy allows at all.
+pub(crate) fn usable_credentials(
+    s: &Services,
+    policy: &Policy,
+    req: &Requirement,
+    user: &User,
+) -> Result<Vec<CredentialDescriptor>, FlowError> {
+    let mut allow = Vec::new();
+    let mut short: Option<(String, u8)> = None;
+    for c in s.store.credentials_by_user(&user.id)? {
+        match decide(s, policy, req, &c)? {
+            (Decision::Allow, _) => allow.push(descriptor(&c)),
+            (Decision::StepUp { reason }, tier) => {
+                if short.as_ref().is_none_or(|(_, t)| tier < *t) {
+                    short = Some((reason, tier));
+                }
+            }
+            (Decision::Deny { .. }, _) => {}
+        }
+    }
+    if !allow.is_empty() {
+        return Ok(allow);
+    }
+    Err(match short {
+        Some((reason, tier)) => {
+            let mut step = StepUp::new(
+                req,
+                format!("no credential of this user meets the action; the best one: {reason}"),
+                &policy.version,
+            );
+            step.tier = Some(tier);
+            step.user_id = Some(b64url(&user.id));
+            FlowError::StepUp(Box::new(step))
+        }
+        None => FlowError::NotFound {
+            what: "usable credential for this user",
+            field: "user.name".into(),
+        },
+    })
+}
+
 /// The policy's decision for one stored credential under `requirement`.
-fn decide(
+pub(crate) fn decide(
     s: &Services,
     policy: &Policy,
     requirement: &Requirement,
@@ -859,41 +903,7 @@ pub fn authentication_options(
                 what: "user",
                 field: "user.name".into(),
             })?;
-            // Only credentials the action would accept: the browser then
-            // asks for one that will do, not for one that would be refused.
-            let mut allow = Vec::new();
-            let mut short: Option<(String, u8)> = None;
-            for c in s.store.credentials_by_user(&user.id)? {
-                match decide(s, &policy, &req, &c)? {
-                    (Decision::Allow, _) => allow.push(descriptor(&c)),
-                    (Decision::StepUp { reason }, tier) => {
-                        if short.as_ref().is_none_or(|(_, t)| tier < *t) {
-                            short = Some((reason, tier));
-                        }
-                    }
-                    (Decision::Deny { .. }, _) => {}
-                }
-            }
-            if allow.is_empty() {
-                return Err(match short {
-                    Some((reason, tier)) => {
-                        let mut step = StepUp::new(
-                            &req,
-                            format!(
-                                "no credential of this user meets the action; the best one: {reason}"
-                            ),
-                            &policy.version,
-                        );
-                        step.tier = Some(tier);
-                        step.user_id = Some(b64url(&user.id));
-                        FlowError::StepUp(Box::new(step))
-                    }
-                    None => FlowError::NotFound {
-                        what: "usable credential for this user",
-                        field: "user.name".into(),
-                    },
-                });
-            }
+            let allow = usable_credentials(s, &policy, &req, &user)?;
             (Some(user.id), allow)
         }
     };
@@ -959,7 +969,21 @@ pub fn authentication_verify(
         (actor, "authentication.refused", &subject, now_ms),
     )?;
 
-    let result = check_assertion(s, &policy, &req, &response, &record.challenge, &st, now_ms);
+    let result = verify_assertion(
+        s,
+        &policy,
+        &req,
+        &response,
+        &Expected {
+            challenge: &record.challenge,
+            user_id: st.user_id.as_deref(),
+            user_verification: st.user_verification,
+            rp: &s.rp,
+            allow_payment: false,
+        },
+        Counter::Now,
+        now_ms,
+    );
     let (cred, verified, tier) = match result {
         Ok(v) => v,
         Err(FlowError::StepUp(step)) => {
@@ -1020,18 +1044,39 @@ pub fn authentication_verify(
     Ok(answer)
 }
 
+/// What an assertion must answer.
+pub(crate) struct Expected<'a> {
+    pub challenge: &'a [u8],
+    /// The user the options were for (`None`: a discoverable login).
+    pub user_id: Option<&'a [u8]>,
+    pub user_verification: UserVerification,
+    /// The RP with the origins this answer may come from.
+    pub rp: &'a webauthn::RelyingParty,
+    /// Accept `payment.get` client data (the caller checks `payment`).
+    pub allow_payment: bool,
+}
+
+/// When the counter of an allowed assertion is stored.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Counter {
+    /// Here, before the answer.
+    Now,
+    /// By the caller, atomically with what the assertion approves.
+    Caller,
+}
+
 /// Everything between consuming the ceremony and acknowledging: the
 /// credential lookup, the policy's decision, the engine, and the counter
 /// compare-and-swap. A denied credential is refused before its signature
 /// is checked; a step-up is answered only after the assertion verified
 /// and the counter moved (the user did authenticate, at a lower level).
-fn check_assertion(
+pub(crate) fn verify_assertion(
     s: &Services,
     policy: &Policy,
     req: &Requirement,
     response: &AuthenticationResponse,
-    challenge: &[u8],
-    st: &AuthenticationState,
+    expected: &Expected<'_>,
+    counter: Counter,
     now_ms: u64,
 ) -> Result<(CredentialRecord, assertion::Assertion, u8), FlowError> {
     let cred = s
@@ -1041,7 +1086,7 @@ fn check_assertion(
             what: "credential",
             field: "credential.id".into(),
         })?;
-    if let Some(uid) = &st.user_id
+    if let Some(uid) = expected.user_id
         && !webauthn::constant_time_eq(uid, &cred.user_id)
     {
         return Err(FlowError::Ceremony(webauthn::Error::mismatch(
@@ -1072,17 +1117,24 @@ fn check_assertion(
             user_handle: &cred.user_id,
         },
         &assertion::Expectation {
-            rp: &s.rp,
-            challenge,
-            user_verification: st.user_verification,
+            rp: expected.rp,
+            challenge: expected.challenge,
+            user_verification: expected.user_verification,
             require_user_presence: true,
-            discoverable: st.user_id.is_none(),
-            allow_payment: false,
+            discoverable: expected.user_id.is_none(),
+            allow_payment: expected.allow_payment,
         },
     )
     .map_err(FlowError::in_credential)?;
-    s.store
-        .update_after_assertion(&cred.id, verified.sign_count, verified.backup_state, now_ms)?;
+    let step_up = matches!(decision, Decision::StepUp { .. });
+    if counter == Counter::Now || step_up {
+        s.store.update_after_assertion(
+            &cred.id,
+            verified.sign_count,
+            verified.backup_state,
+            now_ms,
+        )?;
+    }
     if let Decision::StepUp { reason } = decision {
         let mut step = StepUp::new(req, reason, &policy.version);
         step.tier = Some(tier);

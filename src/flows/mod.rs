@@ -10,6 +10,7 @@
 //! Errors are [`FlowError`], whose variants name the cause and the request
 //! field; the API maps each to one problem type and HTTP status.
 
+pub mod approval;
 pub mod ceremony;
 pub mod credentials;
 pub mod enrollment;
@@ -41,6 +42,8 @@ pub struct Services {
     pub policy: policy::PolicySlot,
     /// Device binding: token lifetime, enrollment window, key attestation.
     pub devices: enrollment::Settings,
+    /// Transaction approval: lifetime, refusals, verification log.
+    pub transactions: approval::Settings,
 }
 
 impl Services {
@@ -72,6 +75,7 @@ impl Services {
             attestation: AttestationPolicy::default(),
             policy: policy::PolicySlot::new(policy, config.policy.clone()),
             devices: enrollment::Settings::from_config(&config.devices),
+            transactions: approval::Settings::from_config(&config.transactions),
         }
     }
 
@@ -162,6 +166,13 @@ pub enum FlowError {
         field: String,
         reason: String,
     },
+    /// Transaction approval refused: the problem, and the member at fault.
+    #[error("{field}: {reason}")]
+    Transaction {
+        problem: TransactionProblem,
+        field: String,
+        reason: String,
+    },
     /// The key device is away; try again later.
     #[error("key device unavailable: {0}")]
     Unavailable(String),
@@ -185,6 +196,21 @@ pub enum DeviceProblem {
     TokenInvalid,
     /// The request is not signed by the enrolled device key.
     DeviceSignature,
+}
+
+/// Why a transaction refused a request (each one problem type).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransactionProblem {
+    /// Approved already: a replayed or second approval.
+    Approved,
+    /// Cancelled, or failed after too many refused answers.
+    Closed,
+    Expired,
+    /// A receipt was asked of a transaction that is not approved.
+    NoReceipt,
+    /// A Secure Payment Confirmation answer whose `payment` differs from
+    /// the transaction.
+    Payment,
 }
 
 /// What a step-up answer tells core banking: why, and what would do.
@@ -240,6 +266,7 @@ impl FlowError {
         match self {
             FlowError::Invalid { field, .. }
             | FlowError::Device { field, .. }
+            | FlowError::Transaction { field, .. }
             | FlowError::NotFound { field, .. }
             | FlowError::Conflict { field, .. } => Some(field.clone()),
             FlowError::Ceremony(e) => Some(e.field().to_string()),

@@ -8,3 +8,4 @@ pub mod events;
 pub mod keys;
 pub mod ops;
 pub mod policy;
+pub mod transactions;

@@ -642,6 +642,32 @@ fn concurrent_approvals(fx: &Fixture) {
     }
 }
 
+/// A verification log that cannot be written refuses the approval as
+/// unavailable and leaves the transaction pending: nothing is approved
+/// without its line, and the user may answer again.
+fn unwritable_log(fx: &Fixture) {
+    let mut auth = fx.passkey("alice", WEAK);
+    let tx = fx.create(payment("10.00")).expect("create");
+    std::fs::create_dir_all(fx.log_path()).expect("a directory where the log goes");
+    let parts = auth.assert(&Ceremony::new(RP_ID, ORIGIN, &challenge(&tx)));
+    let e = fx.approve(&tx, &parts).expect_err("log unwritable");
+    assert!(matches!(e, FlowError::Unavailable(_)), "{e}");
+    let stored = approval::get(&fx.s, id(&tx), "t", fx.t0).expect("get");
+    assert_eq!(stored["state"], "pending");
+    assert_eq!(stored["attempts"], 0);
+    std::fs::remove_dir(fx.log_path()).expect("rmdir");
+    // The same answer approves once the log is back (its counter was not
+    // stored).
+    fx.approve(&tx, &parts).expect("approved");
+    assert_eq!(
+        std::fs::read_to_string(fx.log_path())
+            .expect("log")
+            .lines()
+            .count(),
+        1
+    );
+}
+
 fn creation_input(fx: &Fixture) {
     let _auth = fx.passkey("alice", WEAK);
     for (body, field) in [
@@ -750,6 +776,10 @@ macro_rules! suite {
             #[test]
             fn concurrent_approvals() {
                 super::concurrent_approvals(&Fixture::new($device));
+            }
+            #[test]
+            fn unwritable_log() {
+                super::unwritable_log(&Fixture::new($device));
             }
             #[test]
             fn creation_input() {

@@ -52,7 +52,9 @@ use super::ceremony::{
     Counter, Expected, object, only, opt_str, refused, req_str, usable_credentials, user_text,
     verify_assertion,
 };
-use super::{FlowError, Services, TransactionProblem, truncate, unix_ms, uuid_text};
+use super::{
+    FlowError, Services, TransactionProblem, sign_with_active, truncate, unix_ms, uuid_text,
+};
 use crate::audit::AuditEvent;
 use crate::evidence::{LogRecord, SignetMeta};
 use crate::keys::{Role, sha256};
@@ -834,17 +836,11 @@ fn check_approval(
         policy_version: policy.version.clone(),
         verified_ms: now_ms,
     };
-    let key = s.keys.current(Role::ApprovalCountersign)?;
-    let (tbs, unsigned) = receipt
-        .to_be_signed(&key.kid)
-        .map_err(|e| FlowError::Internal(format!("receipt: {e}")))?;
-    let (kid, signature) = s.keys.sign(Role::ApprovalCountersign, &tbs)?;
-    if kid != key.kid {
-        return Err(FlowError::Unavailable(
-            "the approval-countersign key was rotated while the receipt was signed; try again"
-                .into(),
-        ));
-    }
+    let (unsigned, signature, kid) = sign_with_active(s, Role::ApprovalCountersign, |kid| {
+        receipt
+            .to_be_signed(kid)
+            .map_err(|e| FlowError::Internal(format!("receipt: {e}")))
+    })?;
     let receipt_bytes = Receipt::finish(unsigned, &signature)
         .map_err(|e| FlowError::Internal(format!("receipt: {e}")))?;
 

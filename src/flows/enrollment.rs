@@ -590,16 +590,11 @@ fn issue(s: &Services, d: DeviceRecord, actor: &str, now: SystemTime) -> Result<
         expires_s: (now_ms.saturating_add(ttl_ms)) / 1000,
         nonce: random::<16>()?,
     };
-    let key = s.keys.current(Role::TokenSigning)?;
-    let (tbs, unsigned) = claims
-        .to_be_signed(&key.kid)
-        .map_err(|e| FlowError::Internal(format!("token: {e}")))?;
-    let (kid, signature) = s.keys.sign(Role::TokenSigning, &tbs)?;
-    if kid != key.kid {
-        return Err(FlowError::Unavailable(
-            "the token-signing key was rotated while the token was signed; try again".into(),
-        ));
-    }
+    let (unsigned, signature, kid) = super::sign_with_active(s, Role::TokenSigning, |kid| {
+        claims
+            .to_be_signed(kid)
+            .map_err(|e| FlowError::Internal(format!("token: {e}")))
+    })?;
     let token = Claims::finish(unsigned, &signature)
         .map_err(|e| FlowError::Internal(format!("token: {e}")))?;
     let device_key = EcPublicKey::from_sec1(&d.public_key)

@@ -116,6 +116,26 @@ impl Services {
     }
 }
 
+/// Signs with `role`'s active key what `build` makes for that key's id
+/// (a COSE structure names its signer's kid inside what is signed). If the
+/// key was rotated between the lookup and the signature, the signature is
+/// by another key than the one named: refused as unavailable, to retry.
+pub(crate) fn sign_with_active<T>(
+    s: &Services,
+    role: crate::keys::Role,
+    build: impl FnOnce(&crate::keys::Kid) -> Result<(Vec<u8>, T), FlowError>,
+) -> Result<(T, crate::keys::EcdsaSignature, crate::keys::Kid), FlowError> {
+    let key = s.keys.current(role)?;
+    let (tbs, built) = build(&key.kid)?;
+    let (kid, signature) = s.keys.sign(role, &tbs)?;
+    if kid != key.kid {
+        return Err(FlowError::Unavailable(format!(
+            "the {role} key was rotated during the signature; try again"
+        )));
+    }
+    Ok((built, signature, kid))
+}
+
 /// Why a flow refused or failed.
 #[derive(Debug, thiserror::Error)]
 pub enum FlowError {

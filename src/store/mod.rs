@@ -1,5 +1,5 @@
-//! Persistent state: users, credentials, one-time objects (ceremonies and,
-//! later, registration tokens, transactions and pairings) and the audit log.
+//! Persistent state: users, credentials, enrolled devices, transactions,
+//! one-time objects (ceremonies and, later, pairings) and the audit log.
 //!
 //! # Shape
 //!

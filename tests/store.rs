@@ -1270,6 +1270,666 @@ pub mod device_suite {
     }
 }
 
+pub mod transaction_suite {
+    use super::suite::{credential, user};
+    use signet::store::{
+        Store, StoreError, TransactionApproval, TransactionRecord, TransactionState, limits,
+    };
+    use std::sync::Barrier;
+    use std::thread;
+
+    /// Fails with the actual result unless it is the error `$pattern`.
+    macro_rules! assert_err {
+        ($result:expr, $pattern:pat $(,)?) => {
+            match $result {
+                Err($pattern) => {}
+                other => panic!("expected Err({}), got {other:?}", stringify!($pattern)),
+            }
+        };
+    }
+
+    pub fn transaction(id: u8, user_id: &[u8]) -> TransactionRecord {
+        TransactionRecord {
+            id: [id; 16],
+            revision: 1,
+            state: TransactionState::Pending,
+            user_id: user_id.to_vec(),
+            action: "payment".into(),
+            details: br#"{"amount":"99.95","currency":"CHF"}"#.to_vec(),
+            nonce: [id; 32],
+            display: "Pay CHF 99.95 to ACME".into(),
+            created_ms: 1,
+            updated_ms: 1,
+            expires_ms: 1_000_000,
+            options: b"{\"uv\":\"required\"}".to_vec(),
+            attempts: 0,
+            approval: None,
+            closed_reason: None,
+        }
+    }
+
+    fn bumped(t: &TransactionRecord, state: TransactionState) -> TransactionRecord {
+        let mut n = t.clone();
+        n.revision += 1;
+        n.state = state;
+        n.updated_ms += 1;
+        n
+    }
+
+    /// `t` approved, one revision on, by `credential_id` at `approved_ms`.
+    fn approved(
+        t: &TransactionRecord,
+        credential_id: &[u8],
+        approved_ms: u64,
+    ) -> TransactionRecord {
+        let mut n = bumped(t, TransactionState::Approved);
+        n.approval = Some(TransactionApproval {
+            credential_id: credential_id.to_vec(),
+            approved_ms,
+            receipt: format!("receipt at {approved_ms}").into_bytes(),
+        });
+        n
+    }
+
+    /// A user with one credential whose counter stands at `sign_count`
+    /// (last used at `used_ms` unless the count is zero).
+    fn enrolled(store: &dyn Store, uid: &[u8], cred: &[u8], sign_count: u32, used_ms: u64) {
+        if store.user_by_id(uid).unwrap().is_none() {
+            store
+                .put_user(&user(uid, &format!("user-{}", uid[0])))
+                .unwrap();
+        }
+        store.insert_credential(&credential(cred, uid)).unwrap();
+        if sign_count > 0 {
+            store
+                .update_after_assertion(cred, sign_count, false, used_ms)
+                .unwrap();
+        }
+    }
+
+    fn counter_of(store: &dyn Store, cred: &[u8]) -> (u32, bool, Option<u64>) {
+        let c = store.credential(cred).unwrap().unwrap();
+        (c.sign_count, c.backup_state, c.last_used_ms)
+    }
+
+    /// Insert, read back, duplicate ids, and what a new transaction must be.
+    pub fn transactions(store: &dyn Store) {
+        let t = transaction(1, &[9; 32]);
+        store.insert_transaction(&t).unwrap();
+        assert_eq!(store.transaction(&t.id).unwrap(), Some(t.clone()));
+        assert!(store.transaction(&[2; 16]).unwrap().is_none());
+        // The same id again, even with other contents.
+        assert_err!(
+            store.insert_transaction(&t),
+            StoreError::Exists {
+                what: "transaction id"
+            }
+        );
+        let mut other = transaction(1, &[8; 32]);
+        other.display = "someone else".into();
+        assert_err!(store.insert_transaction(&other), StoreError::Exists { .. });
+        assert_eq!(store.transaction(&t.id).unwrap(), Some(t.clone()));
+
+        // A new transaction is pending at revision 1; nothing else is
+        // inserted, and nothing is written.
+        let mut later = transaction(3, &[9; 32]);
+        later.revision = 2;
+        assert_err!(
+            store.insert_transaction(&later),
+            StoreError::Invalid {
+                field: "transaction revision",
+                ..
+            }
+        );
+        let mut zero = transaction(3, &[9; 32]);
+        zero.revision = 0;
+        assert_err!(
+            store.insert_transaction(&zero),
+            StoreError::Invalid {
+                field: "transaction revision",
+                ..
+            }
+        );
+        for state in [
+            TransactionState::Cancelled,
+            TransactionState::Expired,
+            TransactionState::Failed,
+        ] {
+            let mut closed = transaction(3, &[9; 32]);
+            closed.state = state;
+            closed.closed_reason = Some(state.to_string());
+            assert_err!(
+                store.insert_transaction(&closed),
+                StoreError::Invalid {
+                    field: "transaction revision",
+                    ..
+                }
+            );
+        }
+        // Approved at birth: consistent (it carries its approval) but not new.
+        let mut born_approved = transaction(3, &[9; 32]);
+        born_approved.state = TransactionState::Approved;
+        born_approved.approval = Some(TransactionApproval {
+            credential_id: b"cred".to_vec(),
+            approved_ms: 1,
+            receipt: vec![1],
+        });
+        assert_err!(
+            store.insert_transaction(&born_approved),
+            StoreError::Invalid {
+                field: "transaction revision",
+                ..
+            }
+        );
+        assert!(store.transaction(&[3; 16]).unwrap().is_none());
+
+        // A second transaction is independent of the first.
+        let t4 = transaction(4, &[9; 32]);
+        store.insert_transaction(&t4).unwrap();
+        assert_eq!(store.transaction(&t4.id).unwrap(), Some(t4));
+        assert_eq!(store.transaction(&t.id).unwrap(), Some(t));
+    }
+
+    /// Every limit `TransactionRecord::validate` checks, on insert, update
+    /// and approval alike, before anything is written.
+    pub fn transaction_limits(store: &dyn Store) {
+        // At every limit at once: accepted and read back whole.
+        let mut full = transaction(1, &[9; limits::USER_ID_MAX]);
+        full.details = vec![b'x'; limits::TRANSACTION_DETAILS_MAX];
+        full.display = "d".repeat(limits::TRANSACTION_DISPLAY_MAX);
+        full.options = vec![b'o'; limits::TRANSACTION_OPTIONS_MAX];
+        full.action = "a".repeat(limits::SHORT_TEXT_MAX);
+        store.insert_transaction(&full).unwrap();
+        assert_eq!(store.transaction(&full.id).unwrap(), Some(full.clone()));
+        let mut full_approved = approved(&full, &[b'c'; limits::CREDENTIAL_ID_MAX], 5);
+        full_approved.approval.as_mut().unwrap().receipt = vec![b'r'; limits::RECEIPT_MAX];
+        store.update_transaction(&full_approved).unwrap();
+        assert_eq!(
+            store.transaction(&full.id).unwrap(),
+            Some(full_approved.clone())
+        );
+
+        let base = transaction(2, &[9; 32]);
+        store.insert_transaction(&base).unwrap();
+        let unchanged = |store: &dyn Store| {
+            assert_eq!(store.transaction(&base.id).unwrap(), Some(base.clone()));
+        };
+
+        // Details: canonical JSON, so at least "{}" and at most the limit.
+        for len in [0, 1] {
+            let mut t = transaction(3, &[9; 32]);
+            t.details = vec![b'{'; len];
+            assert_err!(
+                store.insert_transaction(&t),
+                StoreError::Invalid {
+                    field: "transaction details",
+                    ..
+                }
+            );
+            let mut u = bumped(&base, TransactionState::Pending);
+            u.details = vec![b'{'; len];
+            assert_err!(
+                store.update_transaction(&u),
+                StoreError::Invalid {
+                    field: "transaction details",
+                    ..
+                }
+            );
+        }
+        let mut t = transaction(3, &[9; 32]);
+        t.details = vec![b'x'; limits::TRANSACTION_DETAILS_MAX + 1];
+        assert_err!(
+            store.insert_transaction(&t),
+            StoreError::TooLarge {
+                field: "transaction details",
+                limit: limits::TRANSACTION_DETAILS_MAX
+            }
+        );
+        let mut u = bumped(&base, TransactionState::Pending);
+        u.details = vec![b'x'; limits::TRANSACTION_DETAILS_MAX + 1];
+        assert_err!(
+            store.update_transaction(&u),
+            StoreError::TooLarge {
+                field: "transaction details",
+                limit: limits::TRANSACTION_DETAILS_MAX
+            }
+        );
+
+        // Display and options.
+        let mut t = transaction(3, &[9; 32]);
+        t.display = "d".repeat(limits::TRANSACTION_DISPLAY_MAX + 1);
+        assert_err!(
+            store.insert_transaction(&t),
+            StoreError::TooLarge {
+                field: "transaction display",
+                limit: limits::TRANSACTION_DISPLAY_MAX
+            }
+        );
+        let mut u = bumped(&base, TransactionState::Pending);
+        u.display = "d".repeat(limits::TRANSACTION_DISPLAY_MAX + 1);
+        assert_err!(
+            store.update_transaction(&u),
+            StoreError::TooLarge {
+                field: "transaction display",
+                limit: limits::TRANSACTION_DISPLAY_MAX
+            }
+        );
+        let mut t = transaction(3, &[9; 32]);
+        t.options = vec![b'o'; limits::TRANSACTION_OPTIONS_MAX + 1];
+        assert_err!(
+            store.insert_transaction(&t),
+            StoreError::TooLarge {
+                field: "transaction options",
+                limit: limits::TRANSACTION_OPTIONS_MAX
+            }
+        );
+        let mut u = bumped(&base, TransactionState::Pending);
+        u.options = vec![b'o'; limits::TRANSACTION_OPTIONS_MAX + 1];
+        assert_err!(
+            store.update_transaction(&u),
+            StoreError::TooLarge {
+                field: "transaction options",
+                limit: limits::TRANSACTION_OPTIONS_MAX
+            }
+        );
+
+        // User id and action.
+        let mut t = transaction(3, &[9; 32]);
+        t.user_id = Vec::new();
+        assert_err!(
+            store.insert_transaction(&t),
+            StoreError::Invalid {
+                field: "user id",
+                ..
+            }
+        );
+        let mut t = transaction(3, &[9; 32]);
+        t.action = String::new();
+        assert_err!(
+            store.insert_transaction(&t),
+            StoreError::Invalid {
+                field: "action",
+                ..
+            }
+        );
+        let mut t = transaction(3, &[9; 32]);
+        t.action = "a".repeat(limits::SHORT_TEXT_MAX + 1);
+        assert_err!(
+            store.insert_transaction(&t),
+            StoreError::TooLarge {
+                field: "action",
+                limit: limits::SHORT_TEXT_MAX
+            }
+        );
+
+        // Closing reason.
+        let mut u = bumped(&base, TransactionState::Cancelled);
+        u.closed_reason = Some("r".repeat(limits::FLAG_REASON_MAX + 1));
+        assert_err!(
+            store.update_transaction(&u),
+            StoreError::TooLarge {
+                field: "flag reason",
+                limit: limits::FLAG_REASON_MAX
+            }
+        );
+
+        // The receipt: present and at most the limit.
+        let mut u = approved(&base, b"cred", 5);
+        u.approval.as_mut().unwrap().receipt = vec![b'r'; limits::RECEIPT_MAX + 1];
+        assert_err!(
+            store.update_transaction(&u),
+            StoreError::TooLarge {
+                field: "receipt",
+                limit: limits::RECEIPT_MAX
+            }
+        );
+        assert_err!(
+            store.approve_transaction(&u, 1, false),
+            StoreError::TooLarge {
+                field: "receipt",
+                limit: limits::RECEIPT_MAX
+            }
+        );
+        let mut u = approved(&base, b"cred", 5);
+        u.approval.as_mut().unwrap().receipt = Vec::new();
+        assert_err!(
+            store.update_transaction(&u),
+            StoreError::Invalid {
+                field: "receipt",
+                ..
+            }
+        );
+        let mut u = approved(&base, b"cred", 5);
+        u.approval.as_mut().unwrap().credential_id = Vec::new();
+        assert_err!(
+            store.update_transaction(&u),
+            StoreError::Invalid {
+                field: "credential id",
+                ..
+            }
+        );
+        let mut u = approved(&base, b"cred", 5);
+        u.approval.as_mut().unwrap().credential_id = vec![b'c'; limits::CREDENTIAL_ID_MAX + 1];
+        assert_err!(
+            store.update_transaction(&u),
+            StoreError::TooLarge {
+                field: "credential id",
+                limit: limits::CREDENTIAL_ID_MAX
+            }
+        );
+
+        // An approval exactly when the state is approved.
+        let no_approval = bumped(&base, TransactionState::Approved);
+        assert_err!(
+            store.update_transaction(&no_approval),
+            StoreError::Invalid {
+                field: "transaction approval",
+                ..
+            }
+        );
+        let mut stray = approved(&base, b"cred", 5);
+        stray.state = TransactionState::Pending;
+        assert_err!(
+            store.update_transaction(&stray),
+            StoreError::Invalid {
+                field: "transaction approval",
+                ..
+            }
+        );
+        let mut t = transaction(3, &[9; 32]);
+        t.approval = stray.approval.clone();
+        assert_err!(
+            store.insert_transaction(&t),
+            StoreError::Invalid {
+                field: "transaction approval",
+                ..
+            }
+        );
+        let mut cancelled = approved(&base, b"cred", 5);
+        cancelled.state = TransactionState::Cancelled;
+        assert_err!(
+            store.update_transaction(&cancelled),
+            StoreError::Invalid {
+                field: "transaction approval",
+                ..
+            }
+        );
+
+        // Revision 0 is never valid.
+        let mut u = bumped(&base, TransactionState::Pending);
+        u.revision = 0;
+        assert_err!(
+            store.update_transaction(&u),
+            StoreError::Invalid {
+                field: "transaction revision",
+                ..
+            }
+        );
+
+        // None of it was written.
+        assert!(store.transaction(&[3; 16]).unwrap().is_none());
+        unchanged(store);
+        assert_eq!(store.transaction(&full.id).unwrap(), Some(full_approved));
+    }
+
+    /// Compare-and-swap on the revision.
+    pub fn transaction_updates(store: &dyn Store) {
+        let t = transaction(1, &[9; 32]);
+        store.insert_transaction(&t).unwrap();
+
+        // One refused answer: still pending, one revision on.
+        let mut v2 = bumped(&t, TransactionState::Pending);
+        v2.attempts = 1;
+        store.update_transaction(&v2).unwrap();
+        assert_eq!(store.transaction(&t.id).unwrap(), Some(v2.clone()));
+
+        // A writer that read revision 1 too: stale.
+        let mut stale = bumped(&t, TransactionState::Cancelled);
+        stale.closed_reason = Some("cancelled by the client".into());
+        assert_err!(
+            store.update_transaction(&stale),
+            StoreError::Conflict { .. }
+        );
+        // The same write twice: stale as well.
+        assert_err!(store.update_transaction(&v2), StoreError::Conflict { .. });
+        // Writing the stored revision, or an older one.
+        let mut same = v2.clone();
+        same.attempts = 2;
+        assert_err!(store.update_transaction(&same), StoreError::Conflict { .. });
+        let mut old = v2.clone();
+        old.revision = 1;
+        assert_err!(store.update_transaction(&old), StoreError::Conflict { .. });
+        // Skipping a revision.
+        let mut skip = bumped(&v2, TransactionState::Expired);
+        skip.revision += 1;
+        assert_err!(store.update_transaction(&skip), StoreError::Conflict { .. });
+        let mut far = bumped(&v2, TransactionState::Expired);
+        far.revision = u64::MAX;
+        assert_err!(store.update_transaction(&far), StoreError::Conflict { .. });
+        // Unknown id.
+        assert_err!(
+            store.update_transaction(&bumped(
+                &transaction(7, &[9; 32]),
+                TransactionState::Expired
+            )),
+            StoreError::NotFound {
+                what: "transaction"
+            }
+        );
+        assert!(store.transaction(&[7; 16]).unwrap().is_none());
+        // None of the refusals changed anything.
+        assert_eq!(store.transaction(&t.id).unwrap(), Some(v2.clone()));
+
+        // The next revision goes through, and reading returns it.
+        let mut v3 = bumped(&v2, TransactionState::Failed);
+        v3.attempts = 3;
+        v3.closed_reason = Some("too many attempts".into());
+        store.update_transaction(&v3).unwrap();
+        assert_eq!(store.transaction(&t.id).unwrap(), Some(v3.clone()));
+        assert_err!(store.update_transaction(&v3), StoreError::Conflict { .. });
+        assert_eq!(store.transaction(&t.id).unwrap(), Some(v3.clone()));
+        // Closed is final: not reopened, not approved, whatever the caller
+        // believed, even at the right revision.
+        let reopened = bumped(&v3, TransactionState::Pending);
+        assert_err!(
+            store.update_transaction(&reopened),
+            StoreError::Conflict { .. }
+        );
+        assert_eq!(store.transaction(&t.id).unwrap(), Some(v3));
+    }
+
+    /// Transaction and counter move together, or neither does.
+    pub fn approval(store: &dyn Store) {
+        let uid = [5; 32];
+        enrolled(store, &uid, b"cred-1", 0, 0);
+        let t = transaction(1, &uid);
+        store.insert_transaction(&t).unwrap();
+
+        // Approval with counter 5.
+        let a = approved(&t, b"cred-1", 1_234);
+        store.approve_transaction(&a, 5, true).unwrap();
+        let stored = store.transaction(&t.id).unwrap().unwrap();
+        assert_eq!(stored, a);
+        assert_eq!(stored.state, TransactionState::Approved);
+        assert_eq!(stored.revision, 2);
+        assert_eq!(counter_of(store, b"cred-1"), (5, true, Some(1_234)));
+
+        // A second approval from the same pending revision: stale, and the
+        // counter stays where the first one put it.
+        let again = approved(&t, b"cred-1", 2_000);
+        assert_err!(
+            store.approve_transaction(&again, 6, false),
+            StoreError::Conflict { .. }
+        );
+        assert_eq!(store.transaction(&t.id).unwrap(), Some(a.clone()));
+        assert_eq!(counter_of(store, b"cred-1"), (5, true, Some(1_234)));
+        // An approval on top of the approval, at the right revision: an
+        // approved transaction is final.
+        let twice = approved(&a, b"cred-1", 2_000);
+        assert_err!(
+            store.approve_transaction(&twice, 7, false),
+            StoreError::Conflict { .. }
+        );
+        assert_eq!(store.transaction(&t.id).unwrap(), Some(a.clone()));
+        assert_eq!(counter_of(store, b"cred-1"), (5, true, Some(1_234)));
+
+        // A counter that regressed: the transaction stays pending at its
+        // old revision, the counter where it was.
+        enrolled(store, &uid, b"cred-2", 10, 50);
+        let t2 = transaction(2, &uid);
+        store.insert_transaction(&t2).unwrap();
+        for received in [3, 10, 0] {
+            match store.approve_transaction(&approved(&t2, b"cred-2", 3_000), received, true) {
+                Err(StoreError::CounterRegression {
+                    stored: 10,
+                    received: r,
+                }) => assert_eq!(r, received),
+                other => panic!("count {received}: {other:?}"),
+            }
+            assert_eq!(store.transaction(&t2.id).unwrap(), Some(t2.clone()));
+            assert_eq!(counter_of(store, b"cred-2"), (10, false, Some(50)));
+        }
+        // Nothing half-written: the same revision is still free.
+        let a2 = approved(&t2, b"cred-2", 3_001);
+        store.approve_transaction(&a2, 11, false).unwrap();
+        assert_eq!(store.transaction(&t2.id).unwrap(), Some(a2));
+        assert_eq!(counter_of(store, b"cred-2"), (11, false, Some(3_001)));
+
+        // An unknown credential: the transaction is unchanged.
+        let t3 = transaction(3, &uid);
+        store.insert_transaction(&t3).unwrap();
+        assert_err!(
+            store.approve_transaction(&approved(&t3, b"missing", 4_000), 1, false),
+            StoreError::NotFound { what: "credential" }
+        );
+        assert_eq!(store.transaction(&t3.id).unwrap(), Some(t3.clone()));
+        assert!(store.credential(b"missing").unwrap().is_none());
+
+        // An unknown transaction: the credential is unchanged.
+        assert_err!(
+            store.approve_transaction(&approved(&transaction(4, &uid), b"cred-1", 4_000), 7, false),
+            StoreError::NotFound {
+                what: "transaction"
+            }
+        );
+        assert!(store.transaction(&[4; 16]).unwrap().is_none());
+        assert_eq!(counter_of(store, b"cred-1"), (5, true, Some(1_234)));
+
+        // An approval without one: invalid, whichever state it claims.
+        let pending = bumped(&t3, TransactionState::Pending);
+        assert_err!(
+            store.approve_transaction(&pending, 1, false),
+            StoreError::Invalid {
+                field: "transaction approval",
+                ..
+            }
+        );
+        let bare = bumped(&t3, TransactionState::Approved);
+        assert_err!(
+            store.approve_transaction(&bare, 1, false),
+            StoreError::Invalid {
+                field: "transaction approval",
+                ..
+            }
+        );
+        // A skipped revision.
+        let mut skip = approved(&t3, b"cred-1", 4_000);
+        skip.revision += 1;
+        assert_err!(
+            store.approve_transaction(&skip, 6, false),
+            StoreError::Conflict { .. }
+        );
+        assert_eq!(store.transaction(&t3.id).unwrap(), Some(t3.clone()));
+        assert_eq!(counter_of(store, b"cred-1"), (5, true, Some(1_234)));
+
+        // Authenticators without a counter: two zeros pass.
+        enrolled(store, &uid, b"cred-0", 0, 0);
+        let a3 = approved(&t3, b"cred-0", 5_000);
+        store.approve_transaction(&a3, 0, true).unwrap();
+        assert_eq!(store.transaction(&t3.id).unwrap(), Some(a3));
+        assert_eq!(counter_of(store, b"cred-0"), (0, true, Some(5_000)));
+    }
+
+    /// Of many threads approving one pending transaction from one revision,
+    /// exactly one succeeds, and the stored approval is its.
+    pub fn approval_race(store: &dyn Store) {
+        let uid = [6; 32];
+        enrolled(store, &uid, b"cred", 0, 0);
+        let t = transaction(1, &uid);
+        store.insert_transaction(&t).unwrap();
+        let n = 16;
+        let barrier = Barrier::new(n);
+        let winners: Vec<(TransactionRecord, u32)> = thread::scope(|scope| {
+            (0..n as u32)
+                .map(|i| {
+                    let (barrier, t) = (&barrier, &t);
+                    scope.spawn(move || {
+                        let a = approved(t, b"cred", 10_000 + u64::from(i));
+                        let count = i + 1;
+                        barrier.wait();
+                        match store.approve_transaction(&a, count, i % 2 == 0) {
+                            Ok(()) => Some((a, count)),
+                            Err(StoreError::Conflict { .. })
+                            | Err(StoreError::CounterRegression { .. }) => None,
+                            Err(e) => panic!("{e}"),
+                        }
+                    })
+                })
+                .collect::<Vec<_>>()
+                .into_iter()
+                .filter_map(|h| h.join().unwrap())
+                .collect()
+        });
+        assert_eq!(winners.len(), 1, "{winners:?}");
+        let (won, count) = &winners[0];
+        assert_eq!(store.transaction(&t.id).unwrap().as_ref(), Some(won));
+        let approved_ms = won.approval.as_ref().unwrap().approved_ms;
+        assert_eq!(
+            counter_of(store, b"cred"),
+            (*count, *count % 2 == 1, Some(approved_ms))
+        );
+    }
+
+    /// Writes for [`reopened`] to find after the store is opened again.
+    pub fn before_reopen(store: &dyn Store) {
+        let uid = [4; 32];
+        enrolled(store, &uid, b"cred", 0, 0);
+        let t1 = transaction(1, &uid);
+        store.insert_transaction(&t1).unwrap();
+        store
+            .approve_transaction(&approved(&t1, b"cred", 7_000), 9, true)
+            .unwrap();
+        let t2 = transaction(2, &uid);
+        store.insert_transaction(&t2).unwrap();
+        let mut t2v2 = bumped(&t2, TransactionState::Pending);
+        t2v2.attempts = 1;
+        store.update_transaction(&t2v2).unwrap();
+    }
+
+    pub fn reopened(store: &dyn Store) {
+        let uid = [4; 32];
+        let t1 = transaction(1, &uid);
+        assert_eq!(
+            store.transaction(&t1.id).unwrap(),
+            Some(approved(&t1, b"cred", 7_000))
+        );
+        assert_eq!(counter_of(store, b"cred"), (9, true, Some(7_000)));
+        let mut t2v2 = bumped(&transaction(2, &uid), TransactionState::Pending);
+        t2v2.attempts = 1;
+        assert_eq!(store.transaction(&t2v2.id).unwrap(), Some(t2v2.clone()));
+        // The revisions carry on where they stopped.
+        assert_err!(store.update_transaction(&t2v2), StoreError::Conflict { .. });
+        assert_err!(
+            store.insert_transaction(&transaction(2, &uid)),
+            StoreError::Exists { .. }
+        );
+        let a = approved(&t2v2, b"cred", 8_000);
+        store.approve_transaction(&a, 10, false).unwrap();
+        assert_eq!(store.transaction(&a.id).unwrap(), Some(a));
+        assert_eq!(counter_of(store, b"cred"), (10, false, Some(8_000)));
+    }
+}
+
 /// Runs each named `suite` function against a fresh store from `$open`
 /// (a `fn(&Path) -> impl Store`, given an empty temporary directory).
 macro_rules! backend_tests {
@@ -1333,11 +1993,45 @@ device_tests!(
     [devices, binding, binding_race]
 );
 
+macro_rules! transaction_tests {
+    ($backend:ident, $open:expr, [$($name:ident),* $(,)?]) => {
+        mod $backend {
+            $(
+                #[test]
+                fn $name() {
+                    let dir = tempfile::tempdir().unwrap();
+                    let store = ($open)(dir.path());
+                    super::transaction_suite::$name(&store);
+                }
+            )*
+        }
+    };
+}
+
+transaction_tests!(
+    sled_transactions,
+    super::open_sled,
+    [
+        transactions,
+        transaction_limits,
+        transaction_updates,
+        approval,
+        approval_race,
+    ]
+);
+
 #[test]
 fn sled_durability_across_reopen() {
     let dir = tempfile::tempdir().unwrap();
     suite::before_reopen(&open_sled(dir.path()));
     suite::reopened(&open_sled(dir.path()));
+}
+
+#[test]
+fn sled_transactions_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    transaction_suite::before_reopen(&open_sled(dir.path()));
+    transaction_suite::reopened(&open_sled(dir.path()));
 }
 
 #[test]

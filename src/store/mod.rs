@@ -694,8 +694,9 @@ pub trait Store: Send + Sync {
     /// Stores a new transaction (`revision` 1). `Exists` if the id is taken.
     fn insert_transaction(&self, transaction: &TransactionRecord) -> Result<(), StoreError>;
     fn transaction(&self, id: &TransactionId) -> Result<Option<TransactionRecord>, StoreError>;
-    /// Replaces the transaction if the stored one has `revision - 1`
-    /// (`Conflict` otherwise; `NotFound` if absent).
+    /// Replaces the transaction if the stored one is pending and has
+    /// `revision - 1` (`Conflict` otherwise: a closed transaction never
+    /// changes; `NotFound` if absent).
     fn update_transaction(&self, transaction: &TransactionRecord) -> Result<(), StoreError>;
     /// Approval, as one atomic step: the transaction replaced as by
     /// [`Store::update_transaction`] (it must carry its approval), and the

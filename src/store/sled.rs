@@ -210,6 +210,10 @@ trait Revised: serde::de::DeserializeOwned {
     const WHAT: &'static str;
     fn key(&self) -> &[u8];
     fn revision(&self) -> u64;
+    /// Whether the stored record may still change at all.
+    fn is_final(&self) -> bool {
+        false
+    }
 }
 
 impl Revised for DeviceRecord {
@@ -232,6 +236,11 @@ impl Revised for TransactionRecord {
     fn revision(&self) -> u64 {
         self.revision
     }
+    /// Only a pending transaction moves: an approved one is never
+    /// approved again or reopened, whatever the caller checked.
+    fn is_final(&self) -> bool {
+        self.state != TransactionState::Pending
+    }
 }
 
 /// Writes `record` (encoded as `value`) over the stored one if that one has
@@ -252,6 +261,11 @@ fn swap<R: Revised>(
             key,
             "record carries another id than its key",
         ));
+    }
+    if stored.is_final() {
+        return abort(StoreError::Conflict {
+            detail: format!("the {} is closed and no longer changes", R::WHAT),
+        });
     }
     if stored.revision().checked_add(1) != Some(record.revision()) {
         return abort(StoreError::Conflict {

@@ -129,11 +129,12 @@ mod device_sim {
         // dev-up prints DIR resolved (pwd -P).
         let dir = &std::fs::canonicalize(dir).expect("dev dir");
         let server = format!("https://localhost:{port}");
-        // The pinned keys dev-up exported: readable by anyone, one SPKI each.
+        // The keys dev-up exported (pinned by apps, or checking receipts):
+        // readable by anyone, one SPKI each.
         let keys = dir.join("keys");
         let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
         assert_eq!(mode(&keys), 0o755);
-        for role in ["token-signing", "token-encryption"] {
+        for role in ["token-signing", "token-encryption", "approval-countersign"] {
             let pem = keys.join(format!("{role}.pem"));
             assert_eq!(mode(&pem), 0o644, "{}", pem.display());
             let text = std::fs::read_to_string(&pem).expect("pinned key");

@@ -628,38 +628,12 @@ mod tests {
 #[cfg(all(test, feature = "testkit"))]
 mod signet_tests {
     use super::*;
-    use crate::testkit::{Ceremony, SoftAuthenticator};
-    use crate::webauthn::CoseAlgorithm;
 
     const RP: &str = "bank.example";
 
     /// A real approval by a soft authenticator, as signet logs it.
     fn approval() -> LogRecord {
-        let details = transaction::Details::parse(&serde_json::json!({
-            "type": "payment", "amount": "1500.00", "currency": "CHF",
-            "payee": {"name": "ACME AG", "iban": "CH9300762011623852957"}
-        }))
-        .expect("details");
-        let nonce = [5u8; NONCE_LEN];
-        let mut auth = SoftAuthenticator::new(CoseAlgorithm::Es256);
-        let parts = auth.assert(&Ceremony::new(
-            RP,
-            "https://bank.example",
-            &details.challenge(&nonce),
-        ));
-        LogRecord {
-            signature: parts.signature.clone(),
-            transaction: String::from_utf8(details.canonical).expect("utf-8"),
-            authenticator_data: parts.auth_data.clone(),
-            client_data_json: parts.client_data_json.clone(),
-            nonce: b64url(&nonce),
-            public_key: auth.key().cose_key(),
-            signet: Some(SignetMeta {
-                transaction_id: [1; 16],
-                rp_id: RP.into(),
-                verified_ms: 1_800_000_000_123,
-            }),
-        }
+        crate::testkit::evidence::signet_log_record(1, "1500.00", RP)
     }
 
     fn edited(line: &str, edit: impl FnOnce(&mut Map<String, Value>)) -> String {

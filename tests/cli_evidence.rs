@@ -275,41 +275,14 @@ mod receipts {
 
 mod signet_lines {
     use super::*;
-    use signet::evidence::{LogRecord, SignetMeta};
-    use signet::testkit::{Ceremony, SoftAuthenticator};
-    use signet::transaction::{Details, NONCE_LEN};
-    use signet::webauthn::{CoseAlgorithm, b64url};
+    use signet::webauthn::b64url;
 
     /// signet's verification-log line for a real soft-authenticator
     /// approval of `amount` CHF, transaction id `[tx; 16]`.
     fn line(tx: u8, amount: &str) -> String {
-        let details = Details::parse(&serde_json::json!({
-            "type": "payment", "amount": amount, "currency": "CHF",
-            "payee": {"name": "ACME AG", "iban": "CH9300762011623852957"}
-        }))
-        .expect("details");
-        let nonce = [tx; NONCE_LEN];
-        let mut auth = SoftAuthenticator::new(CoseAlgorithm::Es256);
-        let parts = auth.assert(&Ceremony::new(
-            "bank.example",
-            "https://bank.example",
-            &details.challenge(&nonce),
-        ));
-        LogRecord {
-            signature: parts.signature.clone(),
-            transaction: String::from_utf8(details.canonical).expect("utf-8"),
-            authenticator_data: parts.auth_data.clone(),
-            client_data_json: parts.client_data_json.clone(),
-            nonce: b64url(&nonce),
-            public_key: auth.key().cose_key(),
-            signet: Some(SignetMeta {
-                transaction_id: [tx; 16],
-                rp_id: "bank.example".into(),
-                verified_ms: 1_800_000_000_123,
-            }),
-        }
-        .to_line()
-        .expect("line")
+        signet::testkit::evidence::signet_log_record(tx, amount, "bank.example")
+            .to_line()
+            .expect("line")
     }
 
     fn write(dir: &tempfile::TempDir, name: &str, lines: &[&str]) -> String {

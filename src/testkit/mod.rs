@@ -13,6 +13,7 @@
 
 pub mod android;
 pub mod device;
+pub mod evidence;
 pub mod keys;
 pub mod pki;
 

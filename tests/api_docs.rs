@@ -266,7 +266,7 @@ fn openapi_document_is_consistent() {
         );
     }
     let ops = operations(&doc);
-    assert_eq!(ops.len(), 21);
+    assert_eq!(ops.len(), 26);
     for (path, method, op) in &ops {
         let what = format!("{method} {path}");
         let roles = roles_of(op);
@@ -479,11 +479,12 @@ fn operation<'a>(doc: &'a Value, method: &str, path: &str) -> &'a Value {
 
 /// A well-formed value for a path parameter segment (`{name}`) that names
 /// nothing stored, so the operation gets past its input checks to the
-/// lookup: a user handle or credential id of 3 bytes, a device id of 16.
+/// lookup: a user handle or credential id of 3 bytes, a device or
+/// transaction id of 16.
 fn path_value(segment: &str) -> Option<&'static str> {
     let name = segment.strip_prefix('{')?.strip_suffix('}')?;
     Some(match name {
-        "deviceId" => "AAAAAAAAAAAAAAAAAAAAAA",
+        "deviceId" | "transactionId" => "AAAAAAAAAAAAAAAAAAAAAA",
         _ => "AAAA",
     })
 }
@@ -526,7 +527,7 @@ fn every_documented_operation_exists_and_answers_as_documented() {
         }
     }
     // Each operation was called at least once by a role it allows.
-    assert!(allowed_calls >= 21, "{allowed_calls}");
+    assert!(allowed_calls >= 26, "{allowed_calls}");
 }
 
 /// The success answers of a whole registration, authentication, listing,
@@ -836,4 +837,284 @@ fn device_binding_answers_as_documented() {
         "{answer}"
     );
     assert!(answer["token"].is_null(), "{answer}");
+}
+
+/// Transaction approval over the API: the success answers of the five
+/// transaction operations (a Secure Payment Confirmation creation, an
+/// approval after a step-up, a receipt, a cancellation) and the refusals on
+/// the way (`step-up-required` at creation and at approval,
+/// `payment-mismatch`, `credential-bad-signature`, `transaction-approved`,
+/// `transaction-closed`, `transaction-not-approved`, `not-found`,
+/// `invalid-request`) have the documented shapes.
+#[cfg(feature = "testkit")]
+#[test]
+fn transaction_approval_answers_as_documented() {
+    use serde_json::json;
+    use signet::testkit::{AssertionParts, Ceremony, SoftAuthenticator};
+    use signet::webauthn::{CoseAlgorithm, b64url, b64url_decode};
+
+    use common::server::{ORIGIN, RP_ID};
+
+    const SHOP: &str = "https://shop.example";
+    // Tier 1 and tier 3 by AAGUID, without attestation; payments need tier
+    // 3, and tier 1 from 1000 CHF.
+    const POLICY: &str = r#"
+version = "docs-tx-1"
+[registration]
+tier1 = "accept"
+tier2 = "accept"
+tier3 = "accept"
+tier4 = "reject"
+[[aaguid]]
+aaguid = "11111111-1111-4111-8111-111111111111"
+tier = 1
+attestation_required = false
+[[aaguid]]
+aaguid = "33333333-3333-4333-8333-333333333333"
+tier = 3
+attestation_required = false
+[actions.payment]
+min_tier = 3
+user_verification = "required"
+[[actions.payment.thresholds]]
+currency = "CHF"
+at_least = "1000.00"
+min_tier = 1
+"#;
+
+    let files = tempfile::tempdir().expect("tempdir");
+    let policy = files.path().join("policy.toml");
+    std::fs::write(&policy, POLICY).expect("write policy");
+    let server = SignetServer::start_with(&format!(
+        "[policy]\nfile = \"{}\"\n\n[transactions]\nverification_log = \"{}\"\n",
+        policy.display(),
+        files.path().join("verification.jsonl").display()
+    ));
+    let doc = openapi();
+    let call = |role: &str, method: &str, template: &str, id: &str, body: Option<&Value>| {
+        let path = template.replace("{transactionId}", id);
+        let answer = send(&server.client(role), &server, method, &path, body);
+        let what = format!("{method} {path} as {role}");
+        let value = assert_documented(&doc, operation(&doc, method, template), &answer, &what);
+        (answer.status, value)
+    };
+    // The AAGUIDs of the policy's tier 1 and tier 3 models.
+    const STRONG: [u8; 16] = [
+        0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x41, 0x11, 0x81, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11,
+        0x11,
+    ];
+    const WEAK: [u8; 16] = [
+        0x33, 0x33, 0x33, 0x33, 0x33, 0x33, 0x43, 0x33, 0x83, 0x33, 0x33, 0x33, 0x33, 0x33, 0x33,
+        0x33,
+    ];
+    let passkey = |aaguid: [u8; 16]| {
+        let mut auth = SoftAuthenticator::new(CoseAlgorithm::Es256);
+        auth.aaguid = aaguid;
+        let (status, answer, auth) = common::ceremony::register(
+            &server,
+            &json!({"user": {"name": "tx-docs@example.com"}}),
+            auth,
+        );
+        assert_eq!(status, 200, "{answer}");
+        auth
+    };
+    let challenge = |tx: &Value| {
+        b64url_decode(
+            "challenge",
+            tx["challenge"].as_str().expect("challenge"),
+            64,
+        )
+        .expect("challenge")
+    };
+    let approval = |parts: &AssertionParts| json!({ "credential": parts.to_json() });
+    let payment = |amount: &str| {
+        json!({
+            "user": {"name": "tx-docs@example.com"},
+            "details": {
+                "type": "payment", "amount": amount, "currency": "CHF",
+                "payee": {"name": "ACME AG", "iban": "CH9300762011623852957"}
+            }
+        })
+    };
+    let create = "/v1/transactions";
+    let one = "/v1/transactions/{transactionId}";
+    let approve = "/v1/transactions/{transactionId}/approval";
+    let cancel = "/v1/transactions/{transactionId}/cancel";
+    let receipt = "/v1/transactions/{transactionId}/receipt";
+    let problem = |v: &Value| v["type"].as_str().unwrap_or_default().to_string();
+
+    let mut weak = passkey(WEAK);
+    // Only a tier 3 credential: a large payment steps up at creation.
+    let (status, step) = call("rp", "post", create, "", Some(&payment("5000.00")));
+    assert_eq!(
+        (status, problem(&step)),
+        (403, format!("{PROBLEM}step-up-required")),
+        "{step}"
+    );
+    assert_eq!(step["tiers"], json!([1]), "{step}");
+    let (status, bad) = call(
+        "rp",
+        "post",
+        create,
+        "",
+        Some(&json!({"user": {"name": "tx-docs@example.com"},
+                     "details": {"type": "payment", "amount": 10, "currency": "CHF"}})),
+    );
+    assert_eq!(
+        (status, bad["field"].as_str()),
+        (400, Some("details.amount"))
+    );
+    let (status, missing) = call(
+        "rp",
+        "post",
+        create,
+        "",
+        Some(&json!({"user": {"name": "nobody"}, "details": {"type": "payment"}})),
+    );
+    assert_eq!(
+        (status, missing["field"].as_str()),
+        (404, Some("user.name"))
+    );
+
+    // A Secure Payment Confirmation transaction, with a display text.
+    let mut body = payment("49.90");
+    body["display"] = json!("Pay 49.90 CHF to Shop AG?");
+    body["spc"] = json!({
+        "topOrigin": SHOP,
+        "payeeName": "Shop AG",
+        "instrument": {"displayName": "Visa •••• 4242", "icon": "https://bank.example/card.png"}
+    });
+    let (status, spc) = call("rp", "post", create, "", Some(&body));
+    assert_eq!(status, 201, "{spc}");
+    assert!(spc["paymentRequest"].is_object(), "{spc}");
+    assert_eq!(spc["details"]["display"], "Pay 49.90 CHF to Shop AG?");
+    let spc_id = spc["transactionId"].as_str().expect("id").to_string();
+    // The shop's page shows another total than the transaction's.
+    let mut parts = weak.assert(&Ceremony::new(RP_ID, SHOP, &challenge(&spc)));
+    let mut client_data: Value = serde_json::from_str(&parts.client_data_json).expect("cd");
+    client_data["type"] = json!("payment.get");
+    client_data["payment"] = json!({
+        "rpId": RP_ID, "topOrigin": SHOP, "payeeName": "Shop AG",
+        "total": {"value": "4990.00", "currency": "CHF"},
+        "instrument": {"displayName": "Visa •••• 4242", "icon": "https://bank.example/card.png"}
+    });
+    parts.client_data_json = client_data.to_string();
+    weak.sign_assertion(&mut parts);
+    let (status, mismatch) = call("rp", "post", approve, &spc_id, Some(&approval(&parts)));
+    assert_eq!(
+        (status, problem(&mismatch)),
+        (403, format!("{PROBLEM}payment-mismatch")),
+        "{mismatch}"
+    );
+    // A signature that does not verify.
+    let mut parts = weak.assert(&Ceremony::new(RP_ID, ORIGIN, &challenge(&spc)));
+    let last = parts.signature.len() - 1;
+    parts.signature[last] ^= 1;
+    let (status, refused) = call("rp", "post", approve, &spc_id, Some(&approval(&parts)));
+    assert_eq!(status, 400, "{refused}");
+    let (status, shown) = call("officer", "get", one, &spc_id, None);
+    assert_eq!(
+        (status, shown["attempts"].as_u64()),
+        (200, Some(2)),
+        "{shown}"
+    );
+    let (status, pending) = call("auditor", "get", receipt, &spc_id, None);
+    assert_eq!(
+        (status, problem(&pending)),
+        (409, format!("{PROBLEM}transaction-not-approved"))
+    );
+    let (status, cancelled) = call(
+        "rp",
+        "post",
+        cancel,
+        &spc_id,
+        Some(&json!({"reason": "the shop gave up"})),
+    );
+    assert_eq!(
+        (status, cancelled["state"].as_str()),
+        (200, Some("cancelled")),
+        "{cancelled}"
+    );
+    let (status, again) = call("rp", "post", cancel, &spc_id, Some(&Value::Null));
+    assert_eq!(
+        (status, again["closedReason"].as_str()),
+        (200, Some("the shop gave up"))
+    );
+    let parts = weak.assert(&Ceremony::new(RP_ID, ORIGIN, &challenge(&spc)));
+    let (status, closed) = call("rp", "post", approve, &spc_id, Some(&approval(&parts)));
+    assert_eq!(
+        (status, problem(&closed)),
+        (409, format!("{PROBLEM}transaction-closed"))
+    );
+
+    // A large payment: the tier 3 credential steps up, the tier 1 approves.
+    let mut strong = passkey(STRONG);
+    let (status, tx) = call("rp", "post", create, "", Some(&payment("5000.00")));
+    assert_eq!(status, 201, "{tx}");
+    assert!(tx.get("paymentRequest").is_none(), "{tx}");
+    let id = tx["transactionId"].as_str().expect("id").to_string();
+    let parts = weak.assert(&Ceremony::new(RP_ID, ORIGIN, &challenge(&tx)));
+    let (status, step) = call("rp", "post", approve, &id, Some(&approval(&parts)));
+    assert_eq!(
+        (status, problem(&step)),
+        (403, format!("{PROBLEM}step-up-required")),
+        "{step}"
+    );
+    assert_eq!(step["credentialId"], b64url(&weak.credential_id), "{step}");
+    let parts = strong.assert(&Ceremony::new(RP_ID, ORIGIN, &challenge(&tx)));
+    let body = approval(&parts);
+    let (status, approved) = call("rp", "post", approve, &id, Some(&body));
+    assert_eq!(
+        (status, approved["tier"].as_u64()),
+        (200, Some(1)),
+        "{approved}"
+    );
+    let (status, replay) = call("rp", "post", approve, &id, Some(&body));
+    assert_eq!(
+        (status, problem(&replay)),
+        (409, format!("{PROBLEM}transaction-approved"))
+    );
+    let (status, refused) = call("rp", "post", cancel, &id, None);
+    assert_eq!(
+        (status, problem(&refused)),
+        (409, format!("{PROBLEM}transaction-approved"))
+    );
+    let (status, shown) = call("auditor", "get", receipt, &id, None);
+    assert_eq!(
+        (status, shown["receipt"].as_str()),
+        (200, approved["receipt"].as_str()),
+        "{shown}"
+    );
+    let (status, shown) = call("rp", "get", one, &id, None);
+    assert_eq!(
+        (status, shown["state"].as_str()),
+        (200, Some("approved")),
+        "{shown}"
+    );
+    assert!(shown["approval"]["receiptSha256"].is_string(), "{shown}");
+
+    // Unknown and malformed ids.
+    let unknown = b64url(&[7u8; 16]);
+    for template in [one, receipt] {
+        let (status, missing) = call("auditor", "get", template, &unknown, None);
+        assert_eq!(
+            (status, missing["field"].as_str()),
+            (404, Some("transactionId"))
+        );
+        let (status, bad) = call("auditor", "get", template, "short", None);
+        assert_eq!(
+            (status, bad["field"].as_str()),
+            (400, Some("transactionId"))
+        );
+    }
+    let (status, missing) = call("rp", "post", approve, &unknown, Some(&body));
+    assert_eq!(
+        (status, missing["field"].as_str()),
+        (404, Some("transactionId"))
+    );
+    let (status, missing) = call("rp", "post", cancel, &unknown, None);
+    assert_eq!(
+        (status, missing["field"].as_str()),
+        (404, Some("transactionId"))
+    );
 }

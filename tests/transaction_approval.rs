@@ -651,7 +651,7 @@ fn unwritable_log(fx: &Fixture) {
     std::fs::create_dir_all(fx.log_path()).expect("a directory where the log goes");
     let parts = auth.assert(&Ceremony::new(RP_ID, ORIGIN, &challenge(&tx)));
     let e = fx.approve(&tx, &parts).expect_err("log unwritable");
-    assert!(matches!(e, FlowError::Unavailable(_)), "{e}");
+    assert!(matches!(e, FlowError::VerificationLog(_)), "{e}");
     let stored = approval::get(&fx.s, id(&tx), "t", fx.t0).expect("get");
     assert_eq!(stored["state"], "pending");
     assert_eq!(stored["attempts"], 0);
@@ -700,6 +700,22 @@ fn creation_input(fx: &Fixture) {
         (
             json!({"user": {"name": "alice"}, "details": {"type": "payment"}, "action": "nope"}),
             "action",
+        ),
+        (
+            json!({"user": {"name": "alice"}, "details": {"type": "payment", "display": "x".repeat(1025)}}),
+            "details.display",
+        ),
+        (
+            json!({"user": {"name": "alice"}, "details": {"type": "payment", "display": "a\u{0007}b"}}),
+            "details.display",
+        ),
+        (
+            json!({"user": {"name": "alice"}, "details": {"type": "payment", "display": 5}}),
+            "details.display",
+        ),
+        (
+            json!({"user": {"name": "alice"}, "details": {"type": "payment"}, "display": ""}),
+            "display",
         ),
         (
             json!({"user": {"name": "alice"}, "details": {"type": "add-payee"}, "spc": spc_body()["spc"]}),

@@ -239,6 +239,16 @@ impl From<FlowError> for Problem {
                 )
                 .retry_after(1);
             }
+            FlowError::VerificationLog(cause) => {
+                // The cause names a path on this host: for the log, not the client.
+                tracing::error!(cause = %cause, "verification log unwritable");
+                return Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "verification-log-unavailable",
+                    "The verification log cannot be written; nothing was approved; retry",
+                )
+                .retry_after(1);
+            }
             FlowError::Internal(cause) => return Problem::internal(cause),
         };
         let p = p.detail(detail);

@@ -58,6 +58,8 @@ use super::{
 use crate::audit::AuditEvent;
 use crate::evidence::{LogRecord, SignetMeta};
 use crate::keys::{Role, sha256};
+use crate::policy::actions::Requirement;
+use crate::policy::tiers::Policy;
 use crate::receipt::Receipt;
 use crate::store::{
     StoreError, TransactionApproval, TransactionId, TransactionRecord, TransactionState, limits,
@@ -324,6 +326,23 @@ pub fn display_text(d: &Details) -> String {
     )
 }
 
+/// A display text: 1 to 1024 bytes, no control characters but line breaks.
+fn display_checked<'a>(text: &'a str, field: &str) -> Result<&'a str, FlowError> {
+    if text.is_empty() || text.len() > limits::TRANSACTION_DISPLAY_MAX {
+        return Err(FlowError::invalid(
+            field,
+            format!("must be 1 to {} bytes", limits::TRANSACTION_DISPLAY_MAX),
+        ));
+    }
+    if text.chars().any(|c| c.is_control() && c != '\n') {
+        return Err(FlowError::invalid(
+            field,
+            "contains control characters other than line breaks",
+        ));
+    }
+    Ok(text)
+}
+
 fn transaction_id(text: &str) -> Result<TransactionId, FlowError> {
     let bytes = super::b64_field(text, "transactionId", 16, 16)?;
     bytes
@@ -443,18 +462,7 @@ pub fn create(
     // Checked before `display` joins it, so its errors name the request.
     Details::parse(&details_value).map_err(|e| FlowError::invalid(e.field, e.reason))?;
     if let Some(text) = opt_str(obj, "display", "")? {
-        if text.is_empty() || text.len() > limits::TRANSACTION_DISPLAY_MAX {
-            return Err(FlowError::invalid(
-                "display",
-                format!("must be 1 to {} bytes", limits::TRANSACTION_DISPLAY_MAX),
-            ));
-        }
-        if text.chars().any(|c| c.is_control() && c != '\n') {
-            return Err(FlowError::invalid(
-                "display",
-                "contains control characters other than line breaks",
-            ));
-        }
+        display_checked(text, "display")?;
         if let Value::Object(d) = &mut details_value {
             if d.contains_key("display") {
                 return Err(FlowError::invalid(
@@ -467,9 +475,11 @@ pub fn create(
     }
     let details =
         Details::parse(&details_value).map_err(|e| FlowError::invalid(e.field, e.reason))?;
+    // Shown to the user as it is: checked wherever it came from.
     let display = match details.value.get("display") {
-        Some(Value::String(t)) => t.clone(),
-        _ => display_text(&details),
+        Some(Value::String(t)) => display_checked(t, "details.display")?.to_string(),
+        Some(_) => return Err(FlowError::invalid("details.display", "must be a string")),
+        None => display_text(&details),
     };
     let spc = obj
         .get("spc")
@@ -696,7 +706,18 @@ pub fn approve(
         refused(s, actor, "transaction.refused", &subject, &e, now_ms)?;
         return Err(e);
     }
-    match check_approval(s, &t, &response, now_ms) {
+    let details = stored_details(&t)?;
+    let policy = s.policy.get();
+    // A policy that no longer defines the action refuses, but it is not
+    // the user's refused answer: not counted against the transaction.
+    let req = match Services::requirement(&policy, Some(&t.action), details.amount.as_ref()) {
+        Ok(r) => r,
+        Err(e) => {
+            refused(s, actor, "transaction.refused", &subject, &e, now_ms)?;
+            return Err(e);
+        }
+    };
+    match check_approval(s, &t, &details, &policy, &req, &response, now_ms) {
         Ok(approved) => {
             s.record(
                 AuditEvent::new(now_ms, actor, "transaction.approved", subject.clone())
@@ -711,7 +732,10 @@ pub fn approve(
             )?;
             Err(FlowError::StepUp(step))
         }
-        Err(e @ (FlowError::Unavailable(_) | FlowError::Internal(_))) => Err(e),
+        Err(
+            e
+            @ (FlowError::Unavailable(_) | FlowError::VerificationLog(_) | FlowError::Internal(_)),
+        ) => Err(e),
         Err(e) => {
             refused(s, actor, "transaction.refused", &subject, &e, now_ms)?;
             count_refusal(s, &id, actor, now_ms)?;
@@ -778,21 +802,21 @@ struct Approved {
 fn check_approval(
     s: &Services,
     t: &TransactionRecord,
+    details: &Details,
+    policy: &Policy,
+    req: &Requirement,
     response: &AuthenticationResponse,
     now_ms: u64,
 ) -> Result<Approved, FlowError> {
-    let details = stored_details(t)?;
     let asked = asked(t)?;
-    let policy = s.policy.get();
-    let req = Services::requirement(&policy, Some(&t.action), details.amount.as_ref())?;
     // Re-derived from what was stored at creation: nothing in the request
     // chooses the challenge.
     let challenge = details.challenge(&t.nonce);
     let spc_rp = asked.spc.as_ref().map(|spc| spc.relying_party(&s.rp));
     let (cred, verified, tier) = verify_assertion(
         s,
-        &policy,
-        &req,
+        policy,
+        req,
         response,
         &Expected {
             challenge: &challenge,
@@ -807,7 +831,7 @@ fn check_approval(
     let payment = verified.client_data.ceremony == "payment.get";
     if payment {
         if let Some(spc) = &asked.spc {
-            spc.check(verified.client_data.payment.as_ref(), &s.rp.id, &details)?;
+            spc.check(verified.client_data.payment.as_ref(), &s.rp.id, details)?;
         }
     } else if !s.rp.origins.contains(&verified.client_data.origin) {
         // A webauthn.get answer comes from the RP's own pages only.
@@ -863,7 +887,7 @@ fn check_approval(
         .to_line()
         .map_err(|e| FlowError::Internal(format!("verification log line: {e}")))?;
         log.append(&line).map_err(|e| {
-            FlowError::Unavailable(format!("verification log {}: {e}", log.path().display()))
+            FlowError::VerificationLog(format!("{}: {e}", log.path().display()))
         })?;
     }
 
@@ -899,7 +923,7 @@ fn check_approval(
         "aaguid": uuid_text(&cred.aaguid),
         "tier": tier,
         "action": t.action,
-        "requirement": requirement_json(&req),
+        "requirement": requirement_json(req),
         "policyVersion": policy.version,
         "userVerified": verified.user_verified,
         "signCount": verified.sign_count,

@@ -193,6 +193,10 @@ pub enum FlowError {
         field: String,
         reason: String,
     },
+    /// The verification log could not be written: nothing was approved;
+    /// try again.
+    #[error("verification log unwritable: {0}")]
+    VerificationLog(String),
     /// The key device is away; try again later.
     #[error("key device unavailable: {0}")]
     Unavailable(String),
@@ -299,7 +303,9 @@ impl FlowError {
             }
             FlowError::Flagged { .. } | FlowError::Denied { .. } => Some("credential.id".into()),
             FlowError::StepUp(_) => None,
-            FlowError::Unavailable(_) | FlowError::Internal(_) => None,
+            FlowError::Unavailable(_) | FlowError::VerificationLog(_) | FlowError::Internal(_) => {
+                None
+            }
         }
     }
 

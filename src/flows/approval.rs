@@ -886,9 +886,8 @@ fn check_approval(
         }
         .to_line()
         .map_err(|e| FlowError::Internal(format!("verification log line: {e}")))?;
-        log.append(&line).map_err(|e| {
-            FlowError::VerificationLog(format!("{}: {e}", log.path().display()))
-        })?;
+        log.append(&line)
+            .map_err(|e| FlowError::VerificationLog(format!("{}: {e}", log.path().display())))?;
     }
 
     let mut approved = t.clone();

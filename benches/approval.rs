@@ -73,32 +73,10 @@ ttl_s = 86400
 attempts_max = 100
 "#;
 
-/// The policy of tests/transaction_approval.rs: tiers by AAGUID, and a
+/// The policy of the transaction tests (tests/data): tiers by AAGUID, and a
 /// payment action with user verification and a threshold (the benchmark's
 /// 250.00 CHF stays below it: tier 3 is enough).
-const POLICY: &str = r#"
-version = "bench-1"
-[registration]
-tier1 = "accept"
-tier2 = "accept"
-tier3 = "accept"
-tier4 = "reject"
-[[aaguid]]
-aaguid = "11111111-1111-4111-8111-111111111111"
-tier = 1
-attestation_required = false
-[[aaguid]]
-aaguid = "33333333-3333-4333-8333-333333333333"
-tier = 3
-attestation_required = false
-[actions.payment]
-min_tier = 3
-user_verification = "required"
-[[actions.payment.thresholds]]
-currency = "CHF"
-at_least = "1000.00"
-min_tier = 1
-"#;
+const POLICY: &str = include_str!("../tests/data/transaction-policy.toml");
 
 struct Args {
     softhsm: Option<PathBuf>,

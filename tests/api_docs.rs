@@ -858,29 +858,7 @@ fn transaction_approval_answers_as_documented() {
     const SHOP: &str = "https://shop.example";
     // Tier 1 and tier 3 by AAGUID, without attestation; payments need tier
     // 3, and tier 1 from 1000 CHF.
-    const POLICY: &str = r#"
-version = "docs-tx-1"
-[registration]
-tier1 = "accept"
-tier2 = "accept"
-tier3 = "accept"
-tier4 = "reject"
-[[aaguid]]
-aaguid = "11111111-1111-4111-8111-111111111111"
-tier = 1
-attestation_required = false
-[[aaguid]]
-aaguid = "33333333-3333-4333-8333-333333333333"
-tier = 3
-attestation_required = false
-[actions.payment]
-min_tier = 3
-user_verification = "required"
-[[actions.payment.thresholds]]
-currency = "CHF"
-at_least = "1000.00"
-min_tier = 1
-"#;
+    const POLICY: &str = include_str!("data/transaction-policy.toml");
 
     let files = tempfile::tempdir().expect("tempdir");
     let policy = files.path().join("policy.toml");

@@ -24,32 +24,10 @@ const PROBLEM: &str = "urn:signet:problem:";
 const STRONG: &str = "11111111-1111-4111-8111-111111111111";
 const WEAK: &str = "33333333-3333-4333-8333-333333333333";
 
-/// As tests/transaction_approval.rs: tiers by AAGUID without attestation
+/// tests/data/transaction-policy.toml: tiers by AAGUID without attestation
 /// (STRONG tier 1, WEAK tier 3), and a payment action that asks for tier 3,
 /// and tier 1 from 1000 CHF.
-const POLICY: &str = r#"
-version = "tx-api-1"
-[registration]
-tier1 = "accept"
-tier2 = "accept"
-tier3 = "accept"
-tier4 = "reject"
-[[aaguid]]
-aaguid = "11111111-1111-4111-8111-111111111111"
-tier = 1
-attestation_required = false
-[[aaguid]]
-aaguid = "33333333-3333-4333-8333-333333333333"
-tier = 3
-attestation_required = false
-[actions.payment]
-min_tier = 3
-user_verification = "required"
-[[actions.payment.thresholds]]
-currency = "CHF"
-at_least = "1000.00"
-min_tier = 1
-"#;
+const POLICY: &str = include_str!("data/transaction-policy.toml");
 
 /// A running server with the policy above and a verification log, and the
 /// directory holding both (outside the server's own directory, given as
@@ -240,7 +218,7 @@ fn an_approval_over_the_network_verifies_offline_with_the_exported_key() {
     assert_eq!(status, 200, "{approved}");
     assert_eq!(approved["state"], "approved");
     assert_eq!(approved["tier"], 3);
-    assert_eq!(approved["policyVersion"], "tx-api-1");
+    assert_eq!(approved["policyVersion"], "tx-test-1");
     assert_eq!(approved["ceremony"], "webauthn.get");
 
     let (status, receipt) = s.get("auditor", &path(&tx, "/receipt"));
@@ -419,7 +397,7 @@ fn refusals_answer_with_their_problem_types_and_are_audited_in_order() {
     assert_eq!(step["tiers"], json!([1]), "{step}");
     assert_eq!(step["tier"], 3, "{step}");
     assert_eq!(step["action"], "payment", "{step}");
-    assert_eq!(step["policyVersion"], "tx-api-1", "{step}");
+    assert_eq!(step["policyVersion"], "tx-test-1", "{step}");
     assert_eq!(step["credentialId"], b64url(&weak.credential_id), "{step}");
     let (_, shown) = s.get("rp", &path(&large, ""));
     assert_eq!(

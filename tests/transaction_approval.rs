@@ -26,29 +26,7 @@ const WEAK: &str = "33333333-3333-4333-8333-333333333333";
 
 /// Tiers by AAGUID (no attestation needed), and a payment action whose
 /// threshold asks for tier 1 from 1000 CHF.
-const POLICY: &str = r#"
-version = "tx-test-1"
-[registration]
-tier1 = "accept"
-tier2 = "accept"
-tier3 = "accept"
-tier4 = "reject"
-[[aaguid]]
-aaguid = "11111111-1111-4111-8111-111111111111"
-tier = 1
-attestation_required = false
-[[aaguid]]
-aaguid = "33333333-3333-4333-8333-333333333333"
-tier = 3
-attestation_required = false
-[actions.payment]
-min_tier = 3
-user_verification = "required"
-[[actions.payment.thresholds]]
-currency = "CHF"
-at_least = "1000.00"
-min_tier = 1
-"#;
+const POLICY: &str = include_str!("data/transaction-policy.toml");
 
 struct Fixture {
     _device: Box<dyn std::any::Any + Send + Sync>,

@@ -15,7 +15,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use serde_json::{Value, json};
 use signet::config::{Config, Overrides};
@@ -24,6 +24,9 @@ use signet::keys::{EcPublicKey, KeyRing, Profile, Role};
 use signet::store::SledStore;
 use signet::testkit::device::{SoftDevice, create_passkey};
 use signet::webauthn::{b64url, b64url_decode};
+
+mod common;
+use common::{Row, parse_args, share, timed_each, timed_loop, usage};
 
 const ORIGIN: &str = "https://localhost";
 const ACTOR: &str = "client:bench";
@@ -54,126 +57,6 @@ profile = "profile.toml"
 token_ttl_s = 86400
 enrollment_ttl_s = 864000
 "#;
-
-struct Args {
-    softhsm: Option<PathBuf>,
-    tpm: Option<PathBuf>,
-    seconds: f64,
-}
-
-fn usage(msg: &str) -> ! {
-    eprintln!(
-        "device bench: {msg}\nusage: cargo bench --bench device --features testkit -- --softhsm-profile P [--tpm-profile P] [--seconds S]"
-    );
-    std::process::exit(2)
-}
-
-fn parse_args() -> Args {
-    let mut args = Args {
-        softhsm: None,
-        tpm: None,
-        seconds: 3.0,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--softhsm-profile" => {
-                args.softhsm = Some(
-                    it.next()
-                        .map(PathBuf::from)
-                        .unwrap_or_else(|| usage("--softhsm-profile needs a path")),
-                )
-            }
-            "--tpm-profile" => {
-                args.tpm = Some(
-                    it.next()
-                        .map(PathBuf::from)
-                        .unwrap_or_else(|| usage("--tpm-profile needs a path")),
-                )
-            }
-            "--seconds" => {
-                args.seconds = it
-                    .next()
-                    .and_then(|s| s.parse().ok())
-                    .filter(|s: &f64| *s > 0.0 && *s <= 3600.0)
-                    .unwrap_or_else(|| usage("--seconds needs a number in (0, 3600]"))
-            }
-            // cargo bench appends --bench to the harness's arguments.
-            "--bench" => {}
-            other => usage(&format!("unknown argument {other}")),
-        }
-    }
-    if args.softhsm.is_none() && args.tpm.is_none() {
-        usage("give --softhsm-profile and/or --tpm-profile");
-    }
-    args
-}
-
-/// Per-operation latencies of one measurement.
-struct Stats {
-    lat: Vec<Duration>,
-    elapsed: Duration,
-}
-
-impl Stats {
-    fn ops_per_s(&self) -> f64 {
-        self.lat.len() as f64 / self.elapsed.as_secs_f64()
-    }
-
-    /// Mean wall time per operation, ms (one thread: 1 / throughput).
-    fn mean_ms(&self) -> f64 {
-        self.elapsed.as_secs_f64() * 1e3 / self.lat.len() as f64
-    }
-
-    /// Nearest-rank percentile, ms.
-    fn pct_ms(&self, p: f64) -> f64 {
-        let mut v = self.lat.clone();
-        v.sort_unstable();
-        let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
-        v[rank.clamp(1, v.len()) - 1].as_secs_f64() * 1e3
-    }
-}
-
-/// Runs `op` back to back for `seconds`, timing each call.
-fn timed_loop(seconds: f64, mut op: impl FnMut(u64)) -> Stats {
-    // A short warm-up outside the measurement: sessions, caches, sled pages.
-    for i in 0..10 {
-        op(u64::MAX - i);
-    }
-    let budget = Duration::from_secs_f64(seconds);
-    let mut lat = Vec::new();
-    let start = Instant::now();
-    let mut n = 0;
-    while start.elapsed() < budget {
-        let t = Instant::now();
-        op(n);
-        lat.push(t.elapsed());
-        n += 1;
-    }
-    Stats {
-        lat,
-        elapsed: start.elapsed(),
-    }
-}
-
-/// Runs `op` once per item, until the items run out or `seconds` pass.
-fn timed_each<T>(items: &[T], seconds: f64, mut op: impl FnMut(&T)) -> Stats {
-    let budget = Duration::from_secs_f64(seconds);
-    let mut lat = Vec::with_capacity(items.len());
-    let start = Instant::now();
-    for item in items {
-        if start.elapsed() >= budget {
-            break;
-        }
-        let t = Instant::now();
-        op(item);
-        lat.push(t.elapsed());
-    }
-    Stats {
-        lat,
-        elapsed: start.elapsed(),
-    }
-}
 
 /// A `Services` over a fresh store and one profile's keys.
 struct Bench {
@@ -268,13 +151,8 @@ impl Bench {
     }
 }
 
-struct Row {
-    name: &'static str,
-    stats: Stats,
-}
-
 fn backend(label: &str, path: &Path, profile: &Profile, s: f64) -> Vec<(String, Row)> {
-    let ring = KeyRing::open(profile).unwrap_or_else(|e| usage(&format!("{label}: {e}")));
+    let ring = KeyRing::open(profile).unwrap_or_else(|e| usage("device", &format!("{label}: {e}")));
     let b = Bench::new(ring);
     println!();
     println!("== {label} (profile {}) ==", path.display());
@@ -374,26 +252,14 @@ fn backend(label: &str, path: &Path, profile: &Profile, s: f64) -> Vec<(String, 
     rows.into_iter().map(|r| (label.to_string(), r)).collect()
 }
 
-/// Prints what fraction of `step`'s time its key operation takes.
-fn share(step: &str, step_ms: f64, prim: &str, prim_ms: f64) {
-    let key = prim_ms / step_ms;
-    println!(
-        "  {step:<10} = {key:.3}x the {prim} rate: {prim} is {:.1}% of its time ({prim_ms:.3} of {step_ms:.3} ms); \
-         everything else {:.3} ms ({:.1}%)",
-        key * 100.0,
-        step_ms - prim_ms,
-        (1.0 - key) * 100.0
-    );
-}
-
 fn main() {
-    let args = parse_args();
+    let args = parse_args("device");
     let s = args.seconds;
     // Load the profiles and apply their environment (SOFTHSM2_CONF) before
     // any thread exists: sled, the PKCS#11 workers and the TPM worker all
     // start later.
     let load = |p: &PathBuf| {
-        let profile = Profile::load(p).unwrap_or_else(|e| usage(&e.to_string()));
+        let profile = Profile::load(p).unwrap_or_else(|e| usage("device", &e.to_string()));
         // SAFETY: single-threaded here: no backend, store or thread exists yet.
         unsafe { profile.apply_env() };
         profile

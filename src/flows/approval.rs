@@ -455,26 +455,24 @@ pub fn create(
     )?;
     only(user, &["name"], "user.")?;
     let name = user_text(req_str(user, "name", "user.")?, "user.name", false)?;
-    let mut details_value = obj
+    let details_value = obj
         .get("details")
-        .cloned()
         .ok_or_else(|| FlowError::invalid("details", "is required"))?;
-    // Checked before `display` joins it, so its errors name the request.
-    Details::parse(&details_value).map_err(|e| FlowError::invalid(e.field, e.reason))?;
+    let bad_details = |e: transaction::DetailsError| FlowError::invalid(e.field, e.reason);
+    let mut details = Details::parse(details_value).map_err(bad_details)?;
     if let Some(text) = opt_str(obj, "display", "")? {
         display_checked(text, "display")?;
-        if let Value::Object(d) = &mut details_value {
-            if d.contains_key("display") {
-                return Err(FlowError::invalid(
-                    "display",
-                    "details already carry a display member; give the text in one place",
-                ));
-            }
-            d.insert("display".into(), Value::String(text.to_string()));
+        if details.value.contains_key("display") {
+            return Err(FlowError::invalid(
+                "display",
+                "details already carry a display member; give the text in one place",
+            ));
         }
+        // The text joins the signed details: canonicalized again with it.
+        let mut with_display = details.value;
+        with_display.insert("display".into(), Value::String(text.to_string()));
+        details = Details::parse(&Value::Object(with_display)).map_err(bad_details)?;
     }
-    let details =
-        Details::parse(&details_value).map_err(|e| FlowError::invalid(e.field, e.reason))?;
     // Shown to the user as it is: checked wherever it came from.
     let display = match details.value.get("display") {
         Some(Value::String(t)) => display_checked(t, "details.display")?.to_string(),

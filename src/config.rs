@@ -68,6 +68,22 @@ pub struct Config {
     pub devices: DeviceSettings,
     /// Transaction approval: lifetime, verification log.
     pub transactions: TransactionSettings,
+    /// Cross-device (QR) login.
+    pub pairing: PairingSettings,
+}
+
+#[derive(Clone, Debug)]
+pub struct PairingSettings {
+    /// How long a pairing waits to be claimed and approved.
+    pub ttl: Duration,
+    /// How long an approved pairing waits for the desktop to take it.
+    pub approved_ttl: Duration,
+    /// Wrong codes (and, separately, refused answers) after which a
+    /// pairing locks.
+    pub attempts_max: u32,
+    /// The page the QR code opens on the phone; the payload is
+    /// `{link}#pairing={id}&code={code}`.
+    pub link: String,
 }
 
 #[derive(Clone, Debug)]
@@ -206,6 +222,17 @@ struct RawConfig {
     devices: RawDevices,
     #[serde(default)]
     transactions: RawTransactions,
+    #[serde(default)]
+    pairing: RawPairing,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPairing {
+    ttl_s: Option<u64>,
+    approved_ttl_s: Option<u64>,
+    attempts_max: Option<u64>,
+    link: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -750,6 +777,8 @@ fn build(
             .transpose()?,
     };
 
+    let pairing = pairing_settings(&raw.pairing, &rp)?;
+
     if raw.actions.is_some() {
         return Err(ConfigError::new(
             "actions",
@@ -774,6 +803,41 @@ fn build(
         policy_reload_interval,
         devices,
         transactions,
+        pairing,
+    })
+}
+
+fn pairing_settings(p: &RawPairing, rp: &RpSettings) -> Result<PairingSettings, ConfigError> {
+    // Without a link, the RP's first https origin serves the page (else
+    // the RP ID's host): /pair.
+    let link = match &p.link {
+        Some(l) => l.clone(),
+        None => match rp.origins.iter().find(|o| o.starts_with("https://")) {
+            Some(o) => format!("{o}/pair"),
+            None => format!("https://{}/pair", rp.id),
+        },
+    };
+    let url = reqwest::Url::parse(&link)
+        .map_err(|e| ConfigError::new("pairing.link", format!("{link:?} is not a URL: {e}")))?;
+    if url.scheme() != "https" || url.fragment().is_some() || link.contains('#') {
+        return Err(ConfigError::new(
+            "pairing.link",
+            format!(
+                "{link:?} must be an https URL without a fragment (signet appends #pairing=...&code=...)"
+            ),
+        ));
+    }
+    Ok(PairingSettings {
+        ttl: Duration::from_secs(ranged(p.ttl_s, 120, "pairing.ttl_s", 30, 600)?),
+        approved_ttl: Duration::from_secs(ranged(
+            p.approved_ttl_s,
+            30,
+            "pairing.approved_ttl_s",
+            5,
+            300,
+        )?),
+        attempts_max: ranged(p.attempts_max, 5, "pairing.attempts_max", 1, 20)? as u32,
+        link,
     })
 }
 

@@ -58,6 +58,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::credentials::router())
         .merge(routes::devices::router())
         .merge(routes::transactions::router())
+        .merge(routes::pairings::router())
         .merge(routes::events::router())
         .merge(routes::keys::router())
         .merge(routes::audit::router())

@@ -230,6 +230,63 @@ impl From<FlowError> for Problem {
                 };
                 Problem::new(status, kind, title)
             }
+            FlowError::Pairing { problem, .. } => {
+                use crate::flows::PairingProblem as P;
+                use crate::store::PairingState as S;
+                let (status, kind, title) = match problem {
+                    P::State(S::Created) => (
+                        StatusCode::CONFLICT,
+                        "pairing-created",
+                        "The pairing is not claimed by a phone yet",
+                    ),
+                    P::State(S::Claimed) => (
+                        StatusCode::CONFLICT,
+                        "pairing-claimed",
+                        "The pairing is claimed and waits for the phone's answer",
+                    ),
+                    P::State(S::Approved) => (
+                        StatusCode::CONFLICT,
+                        "pairing-approved",
+                        "The pairing was approved already",
+                    ),
+                    P::State(S::Denied) => (
+                        StatusCode::CONFLICT,
+                        "pairing-denied",
+                        "The user denied the pairing",
+                    ),
+                    P::State(S::Consumed) => (
+                        StatusCode::CONFLICT,
+                        "pairing-consumed",
+                        "The pairing's login was taken already",
+                    ),
+                    P::State(S::Expired) => (
+                        StatusCode::GONE,
+                        "pairing-expired",
+                        "The pairing has expired; start a new one",
+                    ),
+                    P::State(S::Locked) => (
+                        StatusCode::CONFLICT,
+                        "pairing-locked",
+                        "The pairing is locked after too many failed attempts",
+                    ),
+                    P::Code => (
+                        StatusCode::FORBIDDEN,
+                        "pairing-code",
+                        "Not the pairing's one-time code",
+                    ),
+                    P::Secret => (
+                        StatusCode::FORBIDDEN,
+                        "pairing-secret",
+                        "Not the pairing's secret",
+                    ),
+                    P::User => (
+                        StatusCode::FORBIDDEN,
+                        "pairing-user",
+                        "The phone's user is not the user the desktop named",
+                    ),
+                };
+                Problem::new(status, kind, title)
+            }
             FlowError::Unavailable(cause) => {
                 tracing::warn!(cause = %cause, "key device unavailable");
                 return Problem::new(

@@ -15,6 +15,7 @@ pub mod ceremony;
 pub mod credentials;
 pub mod enrollment;
 pub mod metadata;
+pub mod pairing;
 pub mod policy;
 
 use std::sync::Arc;
@@ -44,6 +45,8 @@ pub struct Services {
     pub devices: enrollment::Settings,
     /// Transaction approval: lifetime, refusals, verification log.
     pub transactions: approval::Settings,
+    /// Cross-device login: lifetime, attempts, QR link, long-poll wake-ups.
+    pub pairings: pairing::Settings,
 }
 
 impl Services {
@@ -76,6 +79,7 @@ impl Services {
             policy: policy::PolicySlot::new(policy, config.policy.clone()),
             devices: enrollment::Settings::from_config(&config.devices),
             transactions: approval::Settings::from_config(&config.transactions),
+            pairings: pairing::Settings::from_config(&config.pairing),
         }
     }
 
@@ -193,6 +197,14 @@ pub enum FlowError {
         field: String,
         reason: String,
     },
+    /// A cross-device pairing refused a request: the problem, and the
+    /// member (or header) at fault.
+    #[error("{field}: {reason}")]
+    Pairing {
+        problem: PairingProblem,
+        field: String,
+        reason: String,
+    },
     /// The verification log could not be written: nothing was approved;
     /// try again.
     #[error("verification log unwritable: {0}")]
@@ -235,6 +247,20 @@ pub enum TransactionProblem {
     /// A Secure Payment Confirmation answer whose `payment` differs from
     /// the transaction.
     Payment,
+}
+
+/// Why a pairing refused a request (each one problem type).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PairingProblem {
+    /// The pairing's state does not allow the step; the state names the
+    /// problem type (`pairing-claimed`, `pairing-expired`, ...).
+    State(crate::store::PairingState),
+    /// A wrong one-time code.
+    Code,
+    /// A wrong desktop or phone secret.
+    Secret,
+    /// The claiming phone's user is not the one the desktop named.
+    User,
 }
 
 /// What a step-up answer tells core banking: why, and what would do.
@@ -291,6 +317,7 @@ impl FlowError {
             FlowError::Invalid { field, .. }
             | FlowError::Device { field, .. }
             | FlowError::Transaction { field, .. }
+            | FlowError::Pairing { field, .. }
             | FlowError::NotFound { field, .. }
             | FlowError::Conflict { field, .. } => Some(field.clone()),
             FlowError::Ceremony(e) => Some(e.field().to_string()),

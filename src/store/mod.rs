@@ -159,6 +159,14 @@ pub mod limits {
     /// and signatures at their limits stay below this; with the rest of a
     /// transaction the record stays below `ONE_TIME_BODY_MAX`.
     pub const RECEIPT_MAX: usize = 40 * 1024;
+    /// The desktop's IP address as text (an IPv6 address is at most 45).
+    pub const PAIRING_IP_MAX: usize = 64;
+    /// The desktop's User-Agent header.
+    pub const PAIRING_AGENT_MAX: usize = 512;
+    /// The desktop's location hint ("Zurich, CH").
+    pub const PAIRING_LOCATION_MAX: usize = 128;
+    /// A pairing's flow state (what its options asked for).
+    pub const PAIRING_OPTIONS_MAX: usize = 1024;
 }
 
 /// Why a store operation failed. Each variant names one cause so callers can
@@ -469,6 +477,159 @@ pub struct TransactionRecord {
     pub closed_reason: Option<String>,
 }
 
+/// Pairing ids are random 128-bit values chosen by the pairing flow.
+pub type PairingId = [u8; 16];
+
+/// Where a cross-device (QR) pairing stands.
+///
+/// ```text
+/// created ──claim──► claimed ──approve──► approved ──consume──► consumed
+///    │                  ├──deny─────────► denied
+///    │                  └──refusals─────► locked
+///    ├──bad codes──────────────────────► locked
+///    └─ created, claimed, approved ──ttl──► expired
+/// ```
+///
+/// [`PairingState::may_become`] is the whole table; the store refuses any
+/// other change, whatever the caller checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PairingState {
+    /// Shown as a QR code on the desktop; waiting for a phone.
+    Created,
+    /// A phone presented the code; waiting for its assertion or refusal.
+    Claimed,
+    /// The phone's assertion verified; waiting for the desktop to take it.
+    Approved,
+    /// The user refused on the phone.
+    Denied,
+    /// The desktop took the approval: the login happened.
+    Consumed,
+    Expired,
+    /// Too many wrong codes or refused answers.
+    Locked,
+}
+
+impl PairingState {
+    pub const ALL: [PairingState; 7] = [
+        PairingState::Created,
+        PairingState::Claimed,
+        PairingState::Approved,
+        PairingState::Denied,
+        PairingState::Consumed,
+        PairingState::Expired,
+        PairingState::Locked,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            PairingState::Created => "created",
+            PairingState::Claimed => "claimed",
+            PairingState::Approved => "approved",
+            PairingState::Denied => "denied",
+            PairingState::Consumed => "consumed",
+            PairingState::Expired => "expired",
+            PairingState::Locked => "locked",
+        }
+    }
+
+    /// Final states never change again.
+    pub const fn is_final(self) -> bool {
+        matches!(
+            self,
+            PairingState::Denied
+                | PairingState::Consumed
+                | PairingState::Expired
+                | PairingState::Locked
+        )
+    }
+
+    /// The transition table. A state may also "become" itself while it is
+    /// not final: a counted wrong code or refused answer changes the record,
+    /// not the state.
+    pub const fn may_become(self, next: PairingState) -> bool {
+        use PairingState as P;
+        match (self, next) {
+            (P::Created, P::Created | P::Claimed | P::Locked | P::Expired) => true,
+            (P::Claimed, P::Claimed | P::Approved | P::Denied | P::Locked | P::Expired) => true,
+            (P::Approved, P::Consumed | P::Expired) => true,
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for PairingState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The desktop that asked for the pairing, as core banking saw it: shown to
+/// the user on the phone ("Log in on Firefox in Zurich?").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairingContext {
+    pub ip: String,
+    pub user_agent: String,
+    pub location: Option<String>,
+}
+
+/// The verified assertion a pairing carries once approved.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairingApproval {
+    #[serde(with = "serde_bytes_compat")]
+    pub user_id: Vec<u8>,
+    #[serde(with = "serde_bytes_compat")]
+    pub credential_id: Vec<u8>,
+    pub approved_ms: u64,
+    pub tier: u8,
+    pub user_verified: bool,
+    pub sign_count: u32,
+    pub policy_version: String,
+}
+
+/// A cross-device login in progress or done. The code and the two secrets
+/// are kept as SHA-256 hashes only: a copy of the store cannot claim a
+/// pairing or take its result.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairingRecord {
+    #[serde(with = "serde_bytes_compat")]
+    pub id: PairingId,
+    /// Raised by one with every change; updates are compare-and-swap on it.
+    pub revision: u64,
+    pub state: PairingState,
+    #[serde(with = "serde_bytes_compat")]
+    pub code_sha256: [u8; 32],
+    #[serde(with = "serde_bytes_compat")]
+    pub desktop_secret_sha256: [u8; 32],
+    /// Set by the claim: only the claiming phone approves or denies.
+    #[serde(with = "serde_opt_bytes")]
+    pub phone_secret_sha256: Option<Vec<u8>>,
+    /// Drawn at creation; with the id, it derives the challenge.
+    #[serde(with = "serde_bytes_compat")]
+    pub nonce: [u8; 32],
+    /// The policy action the login is decided under.
+    pub action: String,
+    /// The user the login is for, once known (named by the desktop or by
+    /// the claiming phone).
+    #[serde(with = "serde_opt_bytes")]
+    pub user_id: Option<Vec<u8>>,
+    pub context: PairingContext,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+    /// Not consumed by then, the pairing expires.
+    pub expires_ms: u64,
+    /// Wrong codes presented so far.
+    pub code_attempts: u32,
+    /// Assertions refused so far.
+    pub refusals: u32,
+    /// Flow state, opaque to the store (what the options asked for).
+    #[serde(with = "serde_bytes_compat")]
+    pub options: Vec<u8>,
+    pub approval: Option<PairingApproval>,
+    /// Why it closed without a login (denied, locked, expired).
+    pub closed_reason: Option<String>,
+}
+
 /// Ceremony ids are random 128-bit values chosen by the flow.
 pub type CeremonyId = [u8; 16];
 
@@ -707,6 +868,27 @@ pub trait Store: Send + Sync {
     fn approve_transaction(
         &self,
         transaction: &TransactionRecord,
+        new_sign_count: u32,
+        backup_state: bool,
+    ) -> Result<(), StoreError>;
+
+    // ---- cross-device pairings ----
+
+    /// Stores a new pairing (`revision` 1, `created`). `Exists` if the id
+    /// is taken.
+    fn insert_pairing(&self, pairing: &PairingRecord) -> Result<(), StoreError>;
+    fn pairing(&self, id: &PairingId) -> Result<Option<PairingRecord>, StoreError>;
+    /// Replaces the pairing if the stored one has `revision - 1` and its
+    /// state may become the new one ([`PairingState::may_become`]);
+    /// `Conflict` otherwise, `NotFound` if absent.
+    fn update_pairing(&self, pairing: &PairingRecord) -> Result<(), StoreError>;
+    /// Approval, as one atomic step: the pairing replaced as by
+    /// [`Store::update_pairing`] (it must carry its approval), and the
+    /// credential's counter moved as by [`Store::update_after_assertion`].
+    /// All or nothing.
+    fn approve_pairing(
+        &self,
+        pairing: &PairingRecord,
         new_sign_count: u32,
         backup_state: bool,
     ) -> Result<(), StoreError>;
@@ -1096,6 +1278,79 @@ impl TransactionRecord {
         if self.revision == 0 {
             return Err(StoreError::Invalid {
                 field: "transaction revision",
+                detail: "starts at 1".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl PairingRecord {
+    pub fn validate(&self) -> Result<(), StoreError> {
+        if let Some(u) = &self.user_id {
+            check_user_id(u)?;
+        }
+        if let Some(p) = &self.phone_secret_sha256 {
+            check_len("phone secret hash", p.len(), 32, 32)?;
+        }
+        check_len("action", self.action.len(), 1, limits::SHORT_TEXT_MAX)?;
+        check_len(
+            "pairing ip",
+            self.context.ip.len(),
+            1,
+            limits::PAIRING_IP_MAX,
+        )?;
+        check_len(
+            "pairing user agent",
+            self.context.user_agent.len(),
+            1,
+            limits::PAIRING_AGENT_MAX,
+        )?;
+        if let Some(l) = &self.context.location {
+            check_len("pairing location", l.len(), 1, limits::PAIRING_LOCATION_MAX)?;
+        }
+        check_len(
+            "pairing options",
+            self.options.len(),
+            0,
+            limits::PAIRING_OPTIONS_MAX,
+        )?;
+        check_flag_reason(self.closed_reason.as_deref())?;
+        if let Some(a) = &self.approval {
+            check_user_id(&a.user_id)?;
+            check_credential_id(&a.credential_id)?;
+            check_len(
+                "policy version",
+                a.policy_version.len(),
+                0,
+                limits::SHORT_TEXT_MAX,
+            )?;
+        }
+        let approved = matches!(self.state, PairingState::Approved | PairingState::Consumed);
+        if approved != self.approval.is_some() {
+            return Err(StoreError::Invalid {
+                field: "pairing approval",
+                detail: "present exactly when the state is approved or consumed".into(),
+            });
+        }
+        // Expired and locked pairings may have been claimed or not.
+        let claimed = match self.state {
+            PairingState::Created => Some(false),
+            PairingState::Claimed
+            | PairingState::Approved
+            | PairingState::Denied
+            | PairingState::Consumed => Some(true),
+            PairingState::Expired | PairingState::Locked => None,
+        };
+        if claimed.is_some_and(|c| c != self.phone_secret_sha256.is_some()) {
+            return Err(StoreError::Invalid {
+                field: "pairing phone secret",
+                detail: "present exactly when a phone has claimed the pairing".into(),
+            });
+        }
+        if self.revision == 0 {
+            return Err(StoreError::Invalid {
+                field: "pairing revision",
                 detail: "starts at 1".into(),
             });
         }

@@ -18,6 +18,7 @@
 //! | `credentials_by_user` | `len(user id) ‖ user id ‖ credential id` | empty |
 //! | `devices` | device id | [`DeviceRecord`] |
 //! | `transactions` | transaction id | [`TransactionRecord`] |
+//! | `pairings` | pairing id | [`PairingRecord`] |
 //! | `one_time` | `kind tag ‖ id` | expiry and body |
 //! | `tombstones` | `kind tag ‖ id` | consumed/expired, when, purge time |
 //! | `expiry` | `time (BE u64) ‖ live/tombstone ‖ kind tag ‖ id` | empty |
@@ -51,9 +52,10 @@ use sled::{IVec, Tree};
 
 use super::{
     AUDIT_GENESIS_PREV_HASH, AuditBuilder, AuditEntry, CatalogInfo, Checkpoint, CredentialRecord,
-    DeviceId, DeviceRecord, GroupCommit, MetadataEntry, MetadataStatus, OneTime, Store, StoreError,
-    TransactionId, TransactionRecord, TransactionState, User, bounded_text, check_catalog,
-    check_credential_id, check_flag_reason, check_one_time, decode_record, encode_record, hex,
+    DeviceId, DeviceRecord, GroupCommit, MetadataEntry, MetadataStatus, OneTime, PairingId,
+    PairingRecord, Store, StoreError, TransactionId, TransactionRecord, TransactionState, User,
+    bounded_text, check_catalog, check_credential_id, check_flag_reason, check_one_time,
+    decode_record, encode_record, hex,
 };
 
 /// Tree names, public so tests (and forensic tools) can reach the raw data.
@@ -64,6 +66,7 @@ pub mod trees {
     pub const CREDENTIALS_BY_USER: &str = "credentials_by_user";
     pub const DEVICES: &str = "devices";
     pub const TRANSACTIONS: &str = "transactions";
+    pub const PAIRINGS: &str = "pairings";
     pub const ONE_TIME: &str = "one_time";
     pub const TOMBSTONES: &str = "tombstones";
     pub const EXPIRY: &str = "expiry";
@@ -122,6 +125,7 @@ pub struct SledStore {
     credentials_by_user: Tree,
     devices: Tree,
     transactions: Tree,
+    pairings: Tree,
     one_time: Tree,
     tombstones: Tree,
     expiry: Tree,
@@ -202,17 +206,15 @@ fn decode_tx<T: serde::de::DeserializeOwned>(
     decode_record(tree, key, bytes).map_err(ConflictableTransactionError::Abort)
 }
 
-/// Inside a transaction: replaces the device record if the stored one is
-/// the revision before `device`'s.
 /// Records replaced by compare-and-swap on their revision.
 trait Revised: serde::de::DeserializeOwned {
     const TREE: &'static str;
     const WHAT: &'static str;
     fn key(&self) -> &[u8];
     fn revision(&self) -> u64;
-    /// Whether the stored record may still change at all.
-    fn is_final(&self) -> bool {
-        false
+    /// Why the stored record may not become `next`, if it may not.
+    fn refuses(&self, _next: &Self) -> Option<String> {
+        None
     }
 }
 
@@ -238,8 +240,25 @@ impl Revised for TransactionRecord {
     }
     /// Only a pending transaction moves: an approved one is never
     /// approved again or reopened, whatever the caller checked.
-    fn is_final(&self) -> bool {
-        self.state != TransactionState::Pending
+    fn refuses(&self, _next: &Self) -> Option<String> {
+        (self.state != TransactionState::Pending)
+            .then(|| "the transaction is closed and no longer changes".into())
+    }
+}
+
+impl Revised for PairingRecord {
+    const TREE: &'static str = trees::PAIRINGS;
+    const WHAT: &'static str = "pairing";
+    fn key(&self) -> &[u8] {
+        &self.id
+    }
+    fn revision(&self) -> u64 {
+        self.revision
+    }
+    /// The state machine, enforced where the state is kept.
+    fn refuses(&self, next: &Self) -> Option<String> {
+        (!self.state.may_become(next.state))
+            .then(|| format!("a {} pairing cannot become {}", self.state, next.state))
     }
 }
 
@@ -262,10 +281,8 @@ fn swap<R: Revised>(
             "record carries another id than its key",
         ));
     }
-    if stored.is_final() {
-        return abort(StoreError::Conflict {
-            detail: format!("the {} is closed and no longer changes", R::WHAT),
-        });
+    if let Some(detail) = stored.refuses(record) {
+        return abort(StoreError::Conflict { detail });
     }
     if stored.revision().checked_add(1) != Some(record.revision()) {
         return abort(StoreError::Conflict {
@@ -389,6 +406,38 @@ fn check_identity(tree: &'static str, key: &[u8], stored: &[u8]) -> Result<(), S
 }
 
 impl SledStore {
+    /// `record` swapped in as by `swap`, and the credential's counter
+    /// moved (`(sign count, backup state, used at)`), in one sled
+    /// transaction: a verified assertion and what it approves commit
+    /// together or not at all.
+    fn swap_with_counter<R: Revised + Serialize>(
+        &self,
+        tree: &Tree,
+        record: &R,
+        credential_id: &[u8],
+        (new_sign_count, backup_state, used_ms): (u32, bool, u64),
+    ) -> Result<(), StoreError> {
+        let value = encode_record(record)?;
+        let id = credential_id;
+        (tree, &self.credentials)
+            .transaction(|(records, credentials)| -> TxResult<()> {
+                swap(records, record, &value)?;
+                let Some(bytes) = credentials.get(id)? else {
+                    return abort(StoreError::NotFound { what: "credential" });
+                };
+                let mut stored: CredentialRecord = decode_tx(trees::CREDENTIALS, id, &bytes)?;
+                check_identity(trees::CREDENTIALS, id, &stored.id)
+                    .map_err(ConflictableTransactionError::Abort)?;
+                advance_counter(&mut stored, new_sign_count, backup_state, used_ms)
+                    .map_err(ConflictableTransactionError::Abort)?;
+                let v = encode_record(&stored).map_err(ConflictableTransactionError::Abort)?;
+                credentials.insert(id, v)?;
+                Ok(())
+            })
+            .map_err(tx_error)?;
+        self.durable()
+    }
+
     /// Opens (creating if needed) the store in `dir`.
     pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
         SledStore::open_with(dir, SledOptions::default())
@@ -411,6 +460,7 @@ impl SledStore {
             credentials_by_user: tree(trees::CREDENTIALS_BY_USER)?,
             devices: tree(trees::DEVICES)?,
             transactions: tree(trees::TRANSACTIONS)?,
+            pairings: tree(trees::PAIRINGS)?,
             one_time: tree(trees::ONE_TIME)?,
             tombstones: tree(trees::TOMBSTONES)?,
             expiry: tree(trees::EXPIRY)?,
@@ -1112,26 +1162,70 @@ impl Store for SledStore {
                 detail: "an approval must carry it".into(),
             });
         };
-        let value = encode_record(transaction)?;
-        let id = approval.credential_id.as_slice();
-        let used_ms = approval.approved_ms;
-        (&self.transactions, &self.credentials)
-            .transaction(|(transactions, credentials)| -> TxResult<()> {
-                swap(transactions, transaction, &value)?;
-                let Some(bytes) = credentials.get(id)? else {
-                    return abort(StoreError::NotFound { what: "credential" });
-                };
-                let mut record: CredentialRecord = decode_tx(trees::CREDENTIALS, id, &bytes)?;
-                check_identity(trees::CREDENTIALS, id, &record.id)
-                    .map_err(ConflictableTransactionError::Abort)?;
-                advance_counter(&mut record, new_sign_count, backup_state, used_ms)
-                    .map_err(ConflictableTransactionError::Abort)?;
-                let v = encode_record(&record).map_err(ConflictableTransactionError::Abort)?;
-                credentials.insert(id, v)?;
-                Ok(())
-            })
+        self.swap_with_counter(
+            &self.transactions,
+            transaction,
+            &approval.credential_id,
+            (new_sign_count, backup_state, approval.approved_ms),
+        )
+    }
+
+    fn insert_pairing(&self, pairing: &PairingRecord) -> Result<(), StoreError> {
+        pairing.validate()?;
+        if pairing.revision != 1 || pairing.state != super::PairingState::Created {
+            return Err(StoreError::Invalid {
+                field: "pairing revision",
+                detail: "a new pairing is created at revision 1".into(),
+            });
+        }
+        let value = encode_record(pairing)?;
+        self.pairings
+            .compare_and_swap(pairing.id, None as Option<&[u8]>, Some(value))?
+            .map_err(|_| StoreError::Exists { what: "pairing id" })?;
+        self.durable()
+    }
+
+    fn pairing(&self, id: &PairingId) -> Result<Option<PairingRecord>, StoreError> {
+        let Some(bytes) = self.pairings.get(id)? else {
+            return Ok(None);
+        };
+        let record: PairingRecord = decode_record(trees::PAIRINGS, id, &bytes)?;
+        check_identity(trees::PAIRINGS, id, &record.id)?;
+        Ok(Some(record))
+    }
+
+    fn update_pairing(&self, pairing: &PairingRecord) -> Result<(), StoreError> {
+        pairing.validate()?;
+        let value = encode_record(pairing)?;
+        self.pairings
+            .transaction(|tree| swap(tree, pairing, &value))
             .map_err(tx_error)?;
         self.durable()
+    }
+
+    fn approve_pairing(
+        &self,
+        pairing: &PairingRecord,
+        new_sign_count: u32,
+        backup_state: bool,
+    ) -> Result<(), StoreError> {
+        pairing.validate()?;
+        let Some(approval) = pairing
+            .approval
+            .as_ref()
+            .filter(|_| pairing.state == super::PairingState::Approved)
+        else {
+            return Err(StoreError::Invalid {
+                field: "pairing approval",
+                detail: "an approval must carry it, in state approved".into(),
+            });
+        };
+        self.swap_with_counter(
+            &self.pairings,
+            pairing,
+            &approval.credential_id,
+            (new_sign_count, backup_state, approval.approved_ms),
+        )
     }
 
     fn put_one_time(

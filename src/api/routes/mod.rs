@@ -7,5 +7,6 @@ pub mod devices;
 pub mod events;
 pub mod keys;
 pub mod ops;
+pub mod pairings;
 pub mod policy;
 pub mod transactions;

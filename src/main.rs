@@ -478,6 +478,13 @@ fn serve(args: &ServeArgs, log: Option<&str>, log_json: bool) -> anyhow::Result<
                 .as_ref()
                 .map_or("off".to_string(), |p| p.display().to_string())
         );
+        println!(
+            "  pairing     ttl {} s, approved waits {} s, locked after {} failures, QR link {}",
+            config.pairing.ttl.as_secs(),
+            config.pairing.approved_ttl.as_secs(),
+            config.pairing.attempts_max,
+            config.pairing.link
+        );
         for c in &config.clients {
             println!("  client      {} -> {}", c.name, c.role);
         }

@@ -10,11 +10,11 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::{Value, json};
 use signet::evidence::{LogRecord, verify_record};
-use signet::flows::{FlowError, Services, TransactionProblem, approval, ceremony};
+use signet::flows::{FlowError, Services, TransactionProblem, approval};
 use signet::keys::{Role, sha256};
 use signet::store::{SledStore, Store, TransactionState};
-use signet::testkit::{AssertionParts, Attestation, Ceremony, SoftAuthenticator, client_data_json};
-use signet::webauthn::{CoseAlgorithm, b64url, b64url_decode};
+use signet::testkit::{AssertionParts, Ceremony, SoftAuthenticator, client_data_json};
+use signet::webauthn::{b64url, b64url_decode};
 
 use common::Device;
 
@@ -34,15 +34,6 @@ struct Fixture {
     store: Arc<SledStore>,
     s: Services,
     t0: SystemTime,
-}
-
-fn aaguid(text: &str) -> [u8; 16] {
-    let hex: String = text.chars().filter(|c| *c != '-').collect();
-    let mut out = [0u8; 16];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("hex");
-    }
-    out
 }
 
 impl Fixture {
@@ -78,29 +69,7 @@ impl Fixture {
 
     /// A passkey of the model `model` registered for `name`.
     fn passkey(&self, name: &str, model: &str) -> SoftAuthenticator {
-        let mut auth = SoftAuthenticator::new(CoseAlgorithm::Es256);
-        auth.aaguid = aaguid(model);
-        let options =
-            ceremony::registration_options(&self.s, &json!({ "user": { "name": name } }), self.t0)
-                .expect("options");
-        auth.user_handle = b64url_decode(
-            "id",
-            options["publicKey"]["user"]["id"].as_str().expect("id"),
-            64,
-        )
-        .expect("user id");
-        let parts = auth.register(
-            &Ceremony::new(RP_ID, ORIGIN, &common::ceremony::challenge_of(&options)),
-            &Attestation::None,
-        );
-        ceremony::registration_verify(
-            &self.s,
-            &json!({ "ceremonyId": options["ceremonyId"], "credential": parts.to_json() }),
-            "test",
-            self.t0,
-        )
-        .expect("registered");
-        auth
+        common::flows::passkey(&self.s, name, model, self.t0)
     }
 
     fn create(&self, body: Value) -> Result<Value, FlowError> {

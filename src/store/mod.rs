@@ -1326,11 +1326,18 @@ impl PairingRecord {
                 limits::SHORT_TEXT_MAX,
             )?;
         }
-        let approved = matches!(self.state, PairingState::Approved | PairingState::Consumed);
-        if approved != self.approval.is_some() {
+        // An approval nobody took expires with it, kept for the record.
+        let approval_ok = match self.state {
+            PairingState::Approved | PairingState::Consumed => self.approval.is_some(),
+            PairingState::Expired => true,
+            _ => self.approval.is_none(),
+        };
+        if !approval_ok {
             return Err(StoreError::Invalid {
                 field: "pairing approval",
-                detail: "present exactly when the state is approved or consumed".into(),
+                detail: "present when approved or consumed (or expired after approval), \
+                         absent otherwise"
+                    .into(),
             });
         }
         // Expired and locked pairings may have been claimed or not.

@@ -42,3 +42,46 @@ pub fn services(ring: KeyRing, store: Arc<SledStore>, extra: &str, policy_text: 
     let policy = signet::policy::tiers::Policy::parse(policy_text).expect("policy");
     Services::new(&config, store, Arc::new(ring), policy)
 }
+
+/// A passkey of the authenticator model `aaguid` (text form) registered
+/// for `name` through the flows at `at`, without attestation (the test
+/// policies give tiers by AAGUID). Origin `https://localhost`.
+#[cfg(feature = "testkit")]
+pub fn passkey(
+    s: &Services,
+    name: &str,
+    aaguid: &str,
+    at: std::time::SystemTime,
+) -> signet::testkit::SoftAuthenticator {
+    use serde_json::json;
+    use signet::flows::ceremony;
+    use signet::testkit::{Attestation, Ceremony, SoftAuthenticator};
+    use signet::webauthn::{CoseAlgorithm, b64url_decode};
+
+    let mut auth = SoftAuthenticator::new(CoseAlgorithm::Es256);
+    auth.aaguid = signet::webauthn::parse_uuid(aaguid).expect("aaguid");
+    let options = ceremony::registration_options(s, &json!({ "user": { "name": name } }), at)
+        .expect("options");
+    auth.user_handle = b64url_decode(
+        "id",
+        options["publicKey"]["user"]["id"].as_str().expect("id"),
+        64,
+    )
+    .expect("user id");
+    let parts = auth.register(
+        &Ceremony::new(
+            "localhost",
+            "https://localhost",
+            &super::ceremony::challenge_of(&options),
+        ),
+        &Attestation::None,
+    );
+    ceremony::registration_verify(
+        s,
+        &json!({ "ceremonyId": options["ceremonyId"], "credential": parts.to_json() }),
+        "test",
+        at,
+    )
+    .expect("registered");
+    auth
+}

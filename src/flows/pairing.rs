@@ -721,7 +721,17 @@ pub fn approve(
         Ok(()) => s.pairings.watch.notify(&id),
         Err(StoreError::Conflict { .. }) => {
             let now_state = load(s, &id, actor, now_ms)?.state;
-            return Err(refuse_state(now_state, "approve"));
+            let e = refuse_state(now_state, "approve");
+            refused(s, actor, "pairing.refused", &subject(&id), &e, now_ms)?;
+            return Err(e);
+        }
+        // Another assertion of this credential moved its counter past this
+        // one meanwhile: a refused answer like any other.
+        Err(e @ StoreError::CounterRegression { .. }) => {
+            let e = FlowError::from(e);
+            refused(s, actor, "pairing.refused", &subject(&id), &e, now_ms)?;
+            count_failure(s, &id, false, actor, now_ms)?;
+            return Err(e);
         }
         Err(e) => return Err(e.into()),
     }
@@ -770,7 +780,9 @@ pub fn deny(
     denied.closed_reason = Some(reason.unwrap_or_else(|| "denied on the phone".into()));
     if !commit(s, &denied)? {
         let now_state = load(s, &id, actor, now_ms)?.state;
-        return Err(refuse_state(now_state, "deny"));
+        let e = refuse_state(now_state, "deny");
+        refused(s, actor, "pairing.refused", &subject(&id), &e, now_ms)?;
+        return Err(e);
     }
     s.record(
         AuditEvent::new(now_ms, actor, "pairing.denied", subject(&id))

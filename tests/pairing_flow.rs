@@ -1004,3 +1004,42 @@ fn input_errors_name_their_field() {
     assert_eq!(denied["state"], "denied");
     assert_eq!(denied["closedReason"], "not me");
 }
+
+#[test]
+fn concurrent_answers_approve_once() {
+    let fx = Arc::new(Fixture::new());
+    let mut alice = fx.passkey("alice", WEAK);
+    let d = fx.desktop(None);
+    let p = fx.claim(&d);
+    // Eight genuine answers (counters 1 to 8), sent at once.
+    let answers: Vec<AssertionParts> = (0..8)
+        .map(|_| alice.assert(&Ceremony::new(RP_ID, ORIGIN, &p.challenge)))
+        .collect();
+    let results: Vec<Result<Value, FlowError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = answers
+            .iter()
+            .map(|parts| {
+                let (fx, d, p) = (fx.clone(), d.clone(), p.clone());
+                scope.spawn(move || fx.approve_at(&d, Some(&p.secret), parts, fx.t0))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
+    });
+    let won: Vec<&Value> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(won.len(), 1, "exactly one answer approves");
+    for e in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert_eq!(state_problem(e), Some(PairingState::Approved), "{e}");
+    }
+    // The stored counter is the winner's.
+    let cred = fx
+        .store
+        .credential(&alice.credential_id)
+        .expect("read")
+        .expect("stored");
+    assert_eq!(json!(cred.sign_count), won[0]["signCount"]);
+    let login = fx.consume(&d).expect("consume");
+    assert_eq!(login["signCount"], won[0]["signCount"]);
+}

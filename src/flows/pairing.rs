@@ -698,6 +698,14 @@ pub fn approve(
         }
         Err(e @ (FlowError::Unavailable(_) | FlowError::Internal(_))) => return Err(e),
         Err(e) => {
+            // A concurrent answer that won moved the counter past this
+            // one: say that the pairing was approved, not "cloned".
+            let now_state = load(s, &id, actor, now_ms)?.state;
+            let e = if now_state == PairingState::Claimed {
+                e
+            } else {
+                refuse_state(now_state, "approve")
+            };
             refused(s, actor, "pairing.refused", &subject(&id), &e, now_ms)?;
             count_failure(s, &id, false, actor, now_ms)?;
             return Err(e);

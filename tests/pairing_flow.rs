@@ -583,6 +583,12 @@ fn secrets_are_checked_and_never_interchangeable() {
     // The right secrets still work: the same assertion approves.
     fx.approve_at(&d, Some(&p.secret), &parts, fx.t0)
         .expect("approve");
+    // Once claimed, only the phone learns how the pairing stands: a
+    // stranger is refused for the secret, not told "approved".
+    let e = fx.deny(&d, Some(&stranger())).expect_err("stranger");
+    assert_eq!(problem(&e), Some(PairingProblem::Secret), "{e}");
+    let e = fx.deny(&d, Some(&p.secret)).expect_err("the phone");
+    assert_eq!(state_problem(&e), Some(PairingState::Approved), "{e}");
     fx.consume(&d).expect("consume");
 }
 
@@ -902,6 +908,10 @@ fn a_credential_removed_after_approval_logs_nobody_in() {
     let e = fx.consume(&d).expect_err("credential gone");
     assert!(matches!(e, FlowError::Denied { .. }), "{e}");
     assert_eq!(fx.state(&d), PairingState::Approved);
+    assert_eq!(
+        fx.events_of(&d).last().map(String::as_str),
+        Some("pairing.consume_refused")
+    );
 }
 
 #[test]

@@ -538,11 +538,17 @@ pub fn claim(
     // and it counts like a wrong code.
     let user_id = match (&p.user_id, &claimant) {
         (Some(wanted), Some(c)) if !constant_time_eq(wanted, &c.id) => {
-            count_failure(s, &id, true, actor, now_ms)?;
+            let locked = count_failure(s, &id, true, actor, now_ms)?;
             let e = FlowError::Pairing {
                 problem: PairingProblem::User,
                 field: "user.name".into(),
-                reason: "is not the user the desktop asked to log in".into(),
+                reason: if locked {
+                    "is not the user the desktop asked to log in; no attempts left: the \
+                     pairing is locked"
+                        .into()
+                } else {
+                    "is not the user the desktop asked to log in".into()
+                },
             };
             refused(s, actor, "pairing.claim_refused", &subject(&id), &e, now_ms)?;
             return Err(e);
@@ -551,16 +557,32 @@ pub fn claim(
         (None, c) => c.as_ref().map(|u| u.id.clone()),
     };
     let policy = s.policy.get();
-    let req = Services::requirement(&policy, Some(&p.action), None)?;
-    let allow = match &user_id {
-        Some(uid) => {
-            let user = s.store.user_by_id(uid)?.ok_or(FlowError::NotFound {
-                what: "user",
-                field: "user.name".into(),
-            })?;
-            usable_credentials(s, &policy, &req, &user)?
+    let decided = Services::requirement(&policy, Some(&p.action), None).and_then(|req| {
+        let allow = match &user_id {
+            Some(uid) => {
+                let user = s.store.user_by_id(uid)?.ok_or(FlowError::NotFound {
+                    what: "user",
+                    field: "user.name".into(),
+                })?;
+                usable_credentials(s, &policy, &req, &user)?
+            }
+            None => Vec::new(),
+        };
+        Ok((req, allow))
+    });
+    let (req, allow) = match decided {
+        Ok(d) => d,
+        Err(FlowError::StepUp(step)) => {
+            s.record(
+                AuditEvent::new(now_ms, actor, "pairing.step_up_required", subject(&id))
+                    .with_detail(json!({ "stepUp": &*step })),
+            )?;
+            return Err(FlowError::StepUp(step));
         }
-        None => Vec::new(),
+        Err(e) => {
+            refused(s, actor, "pairing.claim_refused", &subject(&id), &e, now_ms)?;
+            return Err(e);
+        }
     };
     let challenge = challenge(&id, &p.nonce);
     let remaining = p.expires_ms.saturating_sub(now_ms);
@@ -618,24 +640,23 @@ fn claimed_by_phone(
     now_ms: u64,
 ) -> Result<PairingRecord, FlowError> {
     let p = load(s, id, actor, now_ms)?;
+    // Once a phone claimed, only that phone learns how the pairing stands.
+    if let Some(stored) = &p.phone_secret_sha256 {
+        check_secret(
+            s,
+            phone_secret,
+            stored,
+            PHONE_SECRET_HEADER,
+            &p,
+            actor,
+            now_ms,
+        )?;
+    }
     if p.state != PairingState::Claimed {
         let e = refuse_state(p.state, step);
         refused(s, actor, "pairing.refused", &subject(id), &e, now_ms)?;
         return Err(e);
     }
-    let stored = p
-        .phone_secret_sha256
-        .clone()
-        .ok_or_else(|| FlowError::Internal("claimed pairing without a phone secret".into()))?;
-    check_secret(
-        s,
-        phone_secret,
-        &stored,
-        PHONE_SECRET_HEADER,
-        &p,
-        actor,
-        now_ms,
-    )?;
     Ok(p)
 }
 
@@ -886,13 +907,24 @@ pub fn consume(
         return refuse(p.state);
     };
     // Disabled (its device revoked) or deleted since it approved: no login.
-    let cred = s
+    let Some(cred) = s
         .store
         .credential(&a.credential_id)?
         .filter(|c| c.disabled.is_none())
-        .ok_or_else(|| FlowError::Denied {
+    else {
+        let e = FlowError::Denied {
             reason: "the approving credential was disabled or deleted since it approved".into(),
-        })?;
+        };
+        refused(
+            s,
+            actor,
+            "pairing.consume_refused",
+            &subject(&id),
+            &e,
+            now_ms,
+        )?;
+        return Err(e);
+    };
     if !commit(s, &next(&p, PairingState::Consumed, now_ms))? {
         let now_state = load(s, &id, actor, now_ms)?.state;
         return refuse(now_state);

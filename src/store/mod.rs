@@ -549,12 +549,15 @@ impl PairingState {
     /// not the state.
     pub const fn may_become(self, next: PairingState) -> bool {
         use PairingState as P;
-        match (self, next) {
-            (P::Created, P::Created | P::Claimed | P::Locked | P::Expired) => true,
-            (P::Claimed, P::Claimed | P::Approved | P::Denied | P::Locked | P::Expired) => true,
-            (P::Approved, P::Consumed | P::Expired) => true,
-            _ => false,
-        }
+        matches!(
+            (self, next),
+            (P::Created, P::Created | P::Claimed | P::Locked | P::Expired)
+                | (
+                    P::Claimed,
+                    P::Claimed | P::Approved | P::Denied | P::Locked | P::Expired
+                )
+                | (P::Approved, P::Consumed | P::Expired)
+        )
     }
 }
 

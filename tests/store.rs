@@ -1333,7 +1333,7 @@ pub mod transaction_suite {
 
     /// A user with one credential whose counter stands at `sign_count`
     /// (last used at `used_ms` unless the count is zero).
-    fn enrolled(store: &dyn Store, uid: &[u8], cred: &[u8], sign_count: u32, used_ms: u64) {
+    pub fn enrolled(store: &dyn Store, uid: &[u8], cred: &[u8], sign_count: u32, used_ms: u64) {
         if store.user_by_id(uid).unwrap().is_none() {
             store
                 .put_user(&user(uid, &format!("user-{}", uid[0])))
@@ -1347,7 +1347,7 @@ pub mod transaction_suite {
         }
     }
 
-    fn counter_of(store: &dyn Store, cred: &[u8]) -> (u32, bool, Option<u64>) {
+    pub fn counter_of(store: &dyn Store, cred: &[u8]) -> (u32, bool, Option<u64>) {
         let c = store.credential(cred).unwrap().unwrap();
         (c.sign_count, c.backup_state, c.last_used_ms)
     }
@@ -1930,6 +1930,1073 @@ pub mod transaction_suite {
     }
 }
 
+pub mod pairing_suite {
+    use super::transaction_suite::{counter_of, enrolled};
+    use signet::store::{
+        PairingApproval, PairingContext, PairingRecord, PairingState, Store, StoreError, limits,
+    };
+    use std::sync::Barrier;
+    use std::thread;
+
+    /// Fails with the actual result unless it is the error `$pattern`.
+    macro_rules! assert_err {
+        ($result:expr, $pattern:pat $(,)?) => {
+            match $result {
+                Err($pattern) => {}
+                other => panic!("expected Err({}), got {other:?}", stringify!($pattern)),
+            }
+        };
+    }
+
+    /// A new pairing: `created`, revision 1, no user named yet.
+    pub fn pairing(id: u8) -> PairingRecord {
+        PairingRecord {
+            id: [id; 16],
+            revision: 1,
+            state: PairingState::Created,
+            code_sha256: [id; 32],
+            desktop_secret_sha256: [!id; 32],
+            phone_secret_sha256: None,
+            nonce: [id.wrapping_add(1); 32],
+            action: "login".into(),
+            user_id: None,
+            context: PairingContext {
+                ip: "203.0.113.7".into(),
+                user_agent: "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Firefox/128.0".into(),
+                location: Some("Zurich, CH".into()),
+            },
+            created_ms: 1_000,
+            updated_ms: 1_000,
+            expires_ms: 121_000,
+            code_attempts: 0,
+            refusals: 0,
+            options: br#"{"uv":"required"}"#.to_vec(),
+            approval: None,
+            closed_reason: None,
+        }
+    }
+
+    fn phone(n: u8) -> Option<Vec<u8>> {
+        Some(vec![n; 32])
+    }
+
+    fn approval(uid: &[u8], cred: &[u8], approved_ms: u64, sign_count: u32) -> PairingApproval {
+        PairingApproval {
+            user_id: uid.to_vec(),
+            credential_id: cred.to_vec(),
+            approved_ms,
+            tier: 3,
+            user_verified: true,
+            sign_count,
+            policy_version: "test-1".into(),
+        }
+    }
+
+    /// Makes `p` a valid record in `state`: a phone secret where the state
+    /// needs one and none in `created`, an approval exactly in approved and
+    /// consumed, a reason where the pairing closed without a login. Keeps
+    /// what is already there where the state allows it.
+    fn shape(p: &mut PairingRecord, state: PairingState) {
+        use PairingState as P;
+        p.state = state;
+        match state {
+            P::Created => p.phone_secret_sha256 = None,
+            P::Claimed | P::Approved | P::Denied | P::Consumed => {
+                if p.phone_secret_sha256.is_none() {
+                    p.phone_secret_sha256 = phone(0xee);
+                }
+            }
+            P::Expired | P::Locked => {}
+        }
+        if matches!(state, P::Approved | P::Consumed) {
+            if p.approval.is_none() {
+                p.approval = Some(approval(&[9; 32], b"cred", p.updated_ms, 0));
+            }
+        } else if state != P::Expired {
+            // An approval nobody took stays with the expired pairing.
+            p.approval = None;
+        }
+        p.closed_reason = match state {
+            P::Denied | P::Expired | P::Locked => Some(format!("{state} by the test")),
+            _ => None,
+        };
+    }
+
+    /// `p` one revision on, made valid in `state`.
+    fn next(p: &PairingRecord, state: PairingState) -> PairingRecord {
+        let mut n = p.clone();
+        n.revision += 1;
+        n.updated_ms += 1;
+        shape(&mut n, state);
+        n
+    }
+
+    /// `p` claimed, one revision on, by the phone whose secret hashes to
+    /// `[n; 32]`.
+    fn claimed(p: &PairingRecord, n: u8) -> PairingRecord {
+        let mut c = p.clone();
+        c.phone_secret_sha256 = phone(n);
+        next(&c, PairingState::Claimed)
+    }
+
+    /// `p` approved, one revision on, for `uid` by `cred` at `approved_ms`.
+    fn approved(
+        p: &PairingRecord,
+        uid: &[u8],
+        cred: &[u8],
+        approved_ms: u64,
+        sign_count: u32,
+    ) -> PairingRecord {
+        let mut a = p.clone();
+        a.approval = Some(approval(uid, cred, approved_ms, sign_count));
+        next(&a, PairingState::Approved)
+    }
+
+    /// The allowed steps from `created` to `state`.
+    fn path_to(state: PairingState) -> &'static [PairingState] {
+        use PairingState as P;
+        match state {
+            P::Created => &[],
+            P::Claimed => &[P::Claimed],
+            P::Approved => &[P::Claimed, P::Approved],
+            P::Denied => &[P::Claimed, P::Denied],
+            P::Consumed => &[P::Claimed, P::Approved, P::Consumed],
+            P::Expired => &[P::Expired],
+            P::Locked => &[P::Locked],
+        }
+    }
+
+    /// Pairing `id` inserted and written step by step into `state`; the
+    /// stored record.
+    fn stored_in(store: &dyn Store, id: u8, state: PairingState) -> PairingRecord {
+        let mut p = pairing(id);
+        store.insert_pairing(&p).unwrap();
+        for &step in path_to(state) {
+            assert!(p.state.may_become(step), "{} -> {step}", p.state);
+            p = next(&p, step);
+            store
+                .update_pairing(&p)
+                .unwrap_or_else(|e| panic!("{step}: {e}"));
+        }
+        assert_eq!(p.state, state);
+        assert_eq!(store.pairing(&p.id).unwrap().as_ref(), Some(&p));
+        p
+    }
+
+    /// Insert, read back, duplicate ids, and what a new pairing must be.
+    pub fn pairings(store: &dyn Store) {
+        let p = pairing(1);
+        store.insert_pairing(&p).unwrap();
+        assert_eq!(store.pairing(&p.id).unwrap(), Some(p.clone()));
+        assert!(store.pairing(&[2; 16]).unwrap().is_none());
+        assert!(store.pairing(&[0; 16]).unwrap().is_none());
+
+        // The same id again, even with other contents.
+        assert_err!(
+            store.insert_pairing(&p),
+            StoreError::Exists { what: "pairing id" }
+        );
+        let mut other = pairing(1);
+        other.user_id = Some(vec![8; 32]);
+        other.context.ip = "198.51.100.1".into();
+        other.code_sha256 = [0x55; 32];
+        assert_err!(
+            store.insert_pairing(&other),
+            StoreError::Exists { what: "pairing id" }
+        );
+        assert_eq!(store.pairing(&p.id).unwrap(), Some(p.clone()));
+        // Taken even once it moved on.
+        let c = claimed(&p, 7);
+        store.update_pairing(&c).unwrap();
+        assert_err!(
+            store.insert_pairing(&p),
+            StoreError::Exists { what: "pairing id" }
+        );
+        assert_eq!(store.pairing(&p.id).unwrap(), Some(c.clone()));
+
+        // A new pairing is created at revision 1; nothing else is inserted,
+        // and nothing is written.
+        for revision in [2, 3, u64::MAX] {
+            let mut later = pairing(3);
+            later.revision = revision;
+            later.validate().unwrap();
+            assert_err!(
+                store.insert_pairing(&later),
+                StoreError::Invalid {
+                    field: "pairing revision",
+                    ..
+                }
+            );
+        }
+        let mut zero = pairing(3);
+        zero.revision = 0;
+        assert_err!(
+            store.insert_pairing(&zero),
+            StoreError::Invalid {
+                field: "pairing revision",
+                ..
+            }
+        );
+        for state in PairingState::ALL {
+            if state == PairingState::Created {
+                continue;
+            }
+            // Valid in its state, but not new.
+            let mut born = pairing(3);
+            shape(&mut born, state);
+            born.validate()
+                .unwrap_or_else(|e| panic!("{state} should be valid: {e}"));
+            assert_err!(
+                store.insert_pairing(&born),
+                StoreError::Invalid {
+                    field: "pairing revision",
+                    ..
+                }
+            );
+        }
+        assert!(store.pairing(&[3; 16]).unwrap().is_none());
+
+        // A second pairing, with a user named and no location, is
+        // independent of the first.
+        let mut p4 = pairing(4);
+        p4.user_id = Some(vec![9; 32]);
+        p4.context.location = None;
+        p4.options = Vec::new();
+        store.insert_pairing(&p4).unwrap();
+        assert_eq!(store.pairing(&p4.id).unwrap(), Some(p4));
+        assert_eq!(store.pairing(&p.id).unwrap(), Some(c));
+    }
+
+    /// A field `validate` bounds: its error name, its limit, and how to set
+    /// it to a length.
+    struct Bounded {
+        field: &'static str,
+        min: usize,
+        max: usize,
+        set: fn(&mut PairingRecord, usize),
+        /// A new (created) pairing may carry it.
+        at_insert: bool,
+    }
+
+    fn bounded() -> Vec<Bounded> {
+        vec![
+            Bounded {
+                field: "pairing ip",
+                min: 1,
+                max: limits::PAIRING_IP_MAX,
+                set: |p, n| p.context.ip = "1".repeat(n),
+                at_insert: true,
+            },
+            Bounded {
+                field: "pairing user agent",
+                min: 1,
+                max: limits::PAIRING_AGENT_MAX,
+                set: |p, n| p.context.user_agent = "u".repeat(n),
+                at_insert: true,
+            },
+            Bounded {
+                field: "pairing location",
+                min: 1,
+                max: limits::PAIRING_LOCATION_MAX,
+                set: |p, n| p.context.location = Some("l".repeat(n)),
+                at_insert: true,
+            },
+            Bounded {
+                field: "pairing options",
+                min: 0,
+                max: limits::PAIRING_OPTIONS_MAX,
+                set: |p, n| p.options = vec![b'o'; n],
+                at_insert: true,
+            },
+            Bounded {
+                field: "action",
+                min: 1,
+                max: limits::SHORT_TEXT_MAX,
+                set: |p, n| p.action = "a".repeat(n),
+                at_insert: true,
+            },
+            Bounded {
+                field: "user id",
+                min: 1,
+                max: limits::USER_ID_MAX,
+                set: |p, n| p.user_id = Some(vec![b'u'; n]),
+                at_insert: true,
+            },
+            Bounded {
+                field: "flag reason",
+                min: 0,
+                max: limits::FLAG_REASON_MAX,
+                set: |p, n| p.closed_reason = Some("r".repeat(n)),
+                at_insert: false,
+            },
+            Bounded {
+                field: "phone secret hash",
+                min: 32,
+                max: 32,
+                set: |p, n| p.phone_secret_sha256 = Some(vec![b'p'; n]),
+                at_insert: false,
+            },
+            Bounded {
+                field: "user id",
+                min: 1,
+                max: limits::USER_ID_MAX,
+                set: |p, n| p.approval.as_mut().unwrap().user_id = vec![b'v'; n],
+                at_insert: false,
+            },
+            Bounded {
+                field: "credential id",
+                min: 1,
+                max: limits::CREDENTIAL_ID_MAX,
+                set: |p, n| p.approval.as_mut().unwrap().credential_id = vec![b'c'; n],
+                at_insert: false,
+            },
+            Bounded {
+                field: "policy version",
+                min: 0,
+                max: limits::SHORT_TEXT_MAX,
+                set: |p, n| p.approval.as_mut().unwrap().policy_version = "v".repeat(n),
+                at_insert: false,
+            },
+        ]
+    }
+
+    /// Every limit `PairingRecord::validate` checks, refused one past it and
+    /// accepted at it, on insert, update and approval alike, before
+    /// anything is written.
+    pub fn pairing_limits(store: &dyn Store) {
+        let uid = [9; 32];
+        // At every limit at once: accepted and read back whole.
+        let mut full = pairing(1);
+        for b in bounded().iter().filter(|b| b.at_insert) {
+            (b.set)(&mut full, b.max);
+        }
+        full.validate().unwrap();
+        store.insert_pairing(&full).unwrap();
+        assert_eq!(store.pairing(&full.id).unwrap(), Some(full.clone()));
+        let full_claimed = claimed(&full, 1);
+        store.update_pairing(&full_claimed).unwrap();
+        let mut full_approved = approved(&full_claimed, &uid, b"cred", 5, 0);
+        // The phone's secret was named by the claim and stays.
+        for b in bounded().iter().filter(|b| b.field != "phone secret hash") {
+            (b.set)(&mut full_approved, b.max);
+        }
+        full_approved.validate().unwrap();
+        store.update_pairing(&full_approved).unwrap();
+        assert_eq!(
+            store.pairing(&full.id).unwrap(),
+            Some(full_approved.clone())
+        );
+
+        for (i, b) in bounded().iter().enumerate() {
+            let what = format!("{} (case {i})", b.field);
+            let id = 10 + i as u8;
+
+            // One past the limit: refused, as the limit it is.
+            let mut over = approved(
+                &next(&pairing(id), PairingState::Claimed),
+                &uid,
+                b"cred",
+                5,
+                0,
+            );
+            (b.set)(&mut over, b.max + 1);
+            match over.validate() {
+                Err(StoreError::TooLarge { field, limit }) => {
+                    assert_eq!((field, limit), (b.field, b.max), "{what}")
+                }
+                other => panic!("{what}: {other:?}"),
+            }
+            // Below the minimum: refused as invalid.
+            if b.min > 0 {
+                let mut under = over.clone();
+                (b.set)(&mut under, b.min - 1);
+                match under.validate() {
+                    Err(StoreError::Invalid { field, .. }) => assert_eq!(field, b.field, "{what}"),
+                    other => panic!("{what}: {other:?}"),
+                }
+            }
+            // At the limit, and at the minimum: accepted.
+            let mut at = over.clone();
+            (b.set)(&mut at, b.max);
+            at.validate()
+                .unwrap_or_else(|e| panic!("{what} at its limit: {e}"));
+            let mut at_min = over.clone();
+            (b.set)(&mut at_min, b.min);
+            at_min
+                .validate()
+                .unwrap_or_else(|e| panic!("{what} at its minimum: {e}"));
+
+            // The store refuses the same: on insert where a new pairing may
+            // carry the field...
+            if b.at_insert {
+                let mut new = pairing(id);
+                (b.set)(&mut new, b.max + 1);
+                match store.insert_pairing(&new) {
+                    Err(StoreError::TooLarge { field, limit }) => {
+                        assert_eq!((field, limit), (b.field, b.max), "{what}")
+                    }
+                    other => panic!("{what}: {other:?}"),
+                }
+                assert!(store.pairing(&new.id).unwrap().is_none(), "{what}");
+            }
+            // ... and on update and approval of a claimed pairing.
+            let p = pairing(id);
+            store.insert_pairing(&p).unwrap();
+            let c = claimed(&p, 2);
+            store.update_pairing(&c).unwrap();
+            let mut over = approved(&c, &uid, b"cred", 5, 0);
+            (b.set)(&mut over, b.max + 1);
+            for result in [
+                store.update_pairing(&over),
+                store.approve_pairing(&over, 1, false),
+            ] {
+                match result {
+                    Err(StoreError::TooLarge { field, limit }) => {
+                        assert_eq!((field, limit), (b.field, b.max), "{what}")
+                    }
+                    other => panic!("{what}: {other:?}"),
+                }
+            }
+            assert_eq!(store.pairing(&p.id).unwrap(), Some(c.clone()), "{what}");
+            // At the limit, the same write goes through, if the approval
+            // may change the field at all: what the desktop gave and what
+            // the claim named are fixed (a Conflict, nothing written).
+            let mut at = approved(&c, &uid, b"cred", 5, 0);
+            (b.set)(&mut at, b.max);
+            let fixed =
+                (b.at_insert && b.field != "pairing options") || b.field == "phone secret hash";
+            if fixed {
+                assert_err!(store.update_pairing(&at), StoreError::Conflict { .. });
+                assert_eq!(store.pairing(&p.id).unwrap(), Some(c.clone()), "{what}");
+            } else {
+                store
+                    .update_pairing(&at)
+                    .unwrap_or_else(|e| panic!("{what} at its limit: {e}"));
+                assert_eq!(store.pairing(&p.id).unwrap(), Some(at), "{what}");
+            }
+            // And a new pairing at the limit is inserted whole.
+            if b.at_insert {
+                let mut new = pairing(100 + i as u8);
+                (b.set)(&mut new, b.max);
+                store
+                    .insert_pairing(&new)
+                    .unwrap_or_else(|e| panic!("{what} at its limit: {e}"));
+                assert_eq!(store.pairing(&new.id).unwrap(), Some(new), "{what}");
+            }
+        }
+
+        // An approval in approved and consumed, none in created, claimed,
+        // denied and locked; either way in expired (an approval nobody took
+        // expires with the pairing).
+        for state in PairingState::ALL {
+            let mut with = pairing(1);
+            with.revision = 3;
+            shape(&mut with, state);
+            let mut without = with.clone();
+            with.approval = Some(approval(&uid, b"cred", 5, 0));
+            without.approval = None;
+            let (with_ok, without_ok) = match state {
+                PairingState::Approved | PairingState::Consumed => (true, false),
+                PairingState::Expired => (true, true),
+                PairingState::Created
+                | PairingState::Claimed
+                | PairingState::Denied
+                | PairingState::Locked => (false, true),
+            };
+            for (record, ok, how) in [(&with, with_ok, "with"), (&without, without_ok, "without")] {
+                match record.validate() {
+                    Ok(()) if ok => {}
+                    Err(StoreError::Invalid {
+                        field: "pairing approval",
+                        ..
+                    }) if !ok => {}
+                    other => panic!("{state} {how} an approval: {other:?}"),
+                }
+            }
+        }
+
+        // A phone secret hash in claimed, approved, denied and consumed;
+        // none in created; either way in expired and locked.
+        for state in PairingState::ALL {
+            let mut with = pairing(1);
+            with.revision = 3;
+            with.phone_secret_sha256 = phone(3);
+            shape(&mut with, state);
+            with.phone_secret_sha256 = phone(3);
+            let mut without = with.clone();
+            without.phone_secret_sha256 = None;
+            let (with_ok, without_ok) = match state {
+                PairingState::Created => (false, true),
+                PairingState::Claimed
+                | PairingState::Approved
+                | PairingState::Denied
+                | PairingState::Consumed => (true, false),
+                PairingState::Expired | PairingState::Locked => (true, true),
+            };
+            for (record, ok, how) in [(&with, with_ok, "with"), (&without, without_ok, "without")] {
+                match record.validate() {
+                    Ok(()) if ok => {}
+                    Err(StoreError::Invalid {
+                        field: "pairing phone secret",
+                        ..
+                    }) if !ok => {}
+                    other => panic!("{state} {how} a phone secret: {other:?}"),
+                }
+            }
+        }
+        // Through the store: a created pairing with a phone secret is not
+        // inserted, a claim without one is not written.
+        let mut early = pairing(3);
+        early.phone_secret_sha256 = phone(3);
+        assert_err!(
+            store.insert_pairing(&early),
+            StoreError::Invalid {
+                field: "pairing phone secret",
+                ..
+            }
+        );
+        assert!(store.pairing(&early.id).unwrap().is_none());
+        let p = pairing(4);
+        store.insert_pairing(&p).unwrap();
+        let mut anonymous = claimed(&p, 4);
+        anonymous.phone_secret_sha256 = None;
+        assert_err!(
+            store.update_pairing(&anonymous),
+            StoreError::Invalid {
+                field: "pairing phone secret",
+                ..
+            }
+        );
+        // An approval where none belongs, or none where one does.
+        let mut stray = claimed(&p, 4);
+        stray.approval = Some(approval(&uid, b"cred", 5, 0));
+        assert_err!(
+            store.update_pairing(&stray),
+            StoreError::Invalid {
+                field: "pairing approval",
+                ..
+            }
+        );
+
+        // Revision 0 is never valid.
+        let mut zero = claimed(&p, 4);
+        zero.revision = 0;
+        assert_err!(
+            zero.validate(),
+            StoreError::Invalid {
+                field: "pairing revision",
+                ..
+            }
+        );
+        assert_err!(
+            store.update_pairing(&zero),
+            StoreError::Invalid {
+                field: "pairing revision",
+                ..
+            }
+        );
+        assert_eq!(store.pairing(&p.id).unwrap(), Some(p));
+        assert_eq!(store.pairing(&full.id).unwrap(), Some(full_approved));
+    }
+
+    /// Compare-and-swap on the revision.
+    pub fn pairing_updates(store: &dyn Store) {
+        let p = pairing(1);
+        store.insert_pairing(&p).unwrap();
+
+        // A wrong code: still created, one revision on.
+        let mut v2 = next(&p, PairingState::Created);
+        v2.code_attempts = 1;
+        store.update_pairing(&v2).unwrap();
+        assert_eq!(store.pairing(&p.id).unwrap(), Some(v2.clone()));
+
+        // A writer that read revision 1 too: stale.
+        assert_err!(
+            store.update_pairing(&claimed(&p, 1)),
+            StoreError::Conflict { .. }
+        );
+        // The same write twice: stale as well.
+        assert_err!(store.update_pairing(&v2), StoreError::Conflict { .. });
+        // Writing the stored revision, or an older one.
+        let mut same = v2.clone();
+        same.code_attempts = 2;
+        assert_err!(store.update_pairing(&same), StoreError::Conflict { .. });
+        let mut old = v2.clone();
+        old.revision = 1;
+        assert_err!(store.update_pairing(&old), StoreError::Conflict { .. });
+        // Skipping a revision (stored + 2), or far ahead.
+        let mut skip = claimed(&v2, 1);
+        skip.revision += 1;
+        assert_eq!(skip.revision, v2.revision + 2);
+        assert_err!(store.update_pairing(&skip), StoreError::Conflict { .. });
+        let mut far = claimed(&v2, 1);
+        far.revision = u64::MAX;
+        assert_err!(store.update_pairing(&far), StoreError::Conflict { .. });
+        // Unknown id.
+        assert_err!(
+            store.update_pairing(&claimed(&pairing(7), 1)),
+            StoreError::NotFound { what: "pairing" }
+        );
+        assert!(store.pairing(&[7; 16]).unwrap().is_none());
+        // None of the refusals changed anything.
+        assert_eq!(store.pairing(&p.id).unwrap(), Some(v2.clone()));
+
+        // The next revisions go through, and reading returns them.
+        let v3 = claimed(&v2, 1);
+        store.update_pairing(&v3).unwrap();
+        assert_eq!(store.pairing(&p.id).unwrap(), Some(v3.clone()));
+        let mut v4 = next(&v3, PairingState::Claimed);
+        v4.refusals = 1;
+        store.update_pairing(&v4).unwrap();
+        assert_eq!(store.pairing(&p.id).unwrap(), Some(v4.clone()));
+        assert_err!(store.update_pairing(&v3), StoreError::Conflict { .. });
+        let mut v5 = next(&v4, PairingState::Locked);
+        v5.refusals = 2;
+        store.update_pairing(&v5).unwrap();
+        assert_eq!(store.pairing(&p.id).unwrap(), Some(v5.clone()));
+        // Locked is final: at the right revision, nothing moves it.
+        for state in PairingState::ALL {
+            assert_err!(
+                store.update_pairing(&next(&v5, state)),
+                StoreError::Conflict { .. }
+            );
+        }
+        assert_eq!(store.pairing(&p.id).unwrap(), Some(v5));
+    }
+
+    /// Every (from, to) pair of states, written at the right revision with a
+    /// valid record: it goes through exactly when the table allows it.
+    pub fn pairing_transitions(store: &dyn Store) {
+        let mut id = 0;
+        let mut allowed = 0;
+        for from in PairingState::ALL {
+            for to in PairingState::ALL {
+                id += 1;
+                let stored = stored_in(store, id, from);
+                let write = next(&stored, to);
+                write
+                    .validate()
+                    .unwrap_or_else(|e| panic!("{from} -> {to}: the write is invalid: {e}"));
+                let result = store.update_pairing(&write);
+                let now = store.pairing(&stored.id).unwrap();
+                match (from.may_become(to), result) {
+                    (true, Ok(())) => {
+                        allowed += 1;
+                        assert_eq!(now, Some(write), "{from} -> {to}");
+                    }
+                    (false, Err(StoreError::Conflict { .. })) => {
+                        assert_eq!(now, Some(stored), "{from} -> {to}");
+                    }
+                    (may, other) => {
+                        panic!("{from} -> {to} (table allows: {may}): {other:?}")
+                    }
+                }
+            }
+        }
+        assert_eq!(id, 49);
+        assert_eq!(allowed, 11);
+    }
+
+    /// What each step may change: the desktop's code, secret, nonce,
+    /// action and context never; the phone and the user only at the claim;
+    /// the approval only at the approval. Each other change is a Conflict
+    /// that writes nothing.
+    pub fn pairing_fixed_fields(store: &dyn Store) {
+        use PairingState as P;
+        let p = pairing(1);
+        store.insert_pairing(&p).unwrap();
+        let edits: Vec<(&str, fn(&mut PairingRecord))> = vec![
+            ("code", |r| r.code_sha256 = [0x11; 32]),
+            ("desktop secret", |r| r.desktop_secret_sha256 = [0x12; 32]),
+            ("nonce", |r| r.nonce = [0x13; 32]),
+            ("action", |r| r.action = "payment".into()),
+            ("ip", |r| r.context.ip = "198.51.100.9".into()),
+            ("user agent", |r| r.context.user_agent = "other".into()),
+            ("location", |r| r.context.location = None),
+            ("created", |r| r.created_ms += 1),
+        ];
+        let refused = |stored: &PairingRecord, write: &PairingRecord, what: &str| {
+            match store.update_pairing(write) {
+                Err(StoreError::Conflict { .. }) => {}
+                other => panic!("{what}: {other:?}"),
+            }
+            assert_eq!(
+                store.pairing(&stored.id).unwrap().as_ref(),
+                Some(stored),
+                "{what}"
+            );
+        };
+        // Not at the claim, nor while counting a wrong code.
+        for (what, edit) in &edits {
+            let mut c = claimed(&p, 1);
+            edit(&mut c);
+            refused(&p, &c, what);
+            let mut counted = next(&p, P::Created);
+            counted.code_attempts = 1;
+            edit(&mut counted);
+            refused(&p, &counted, what);
+        }
+        // The claim names the phone and the user...
+        let mut c = claimed(&p, 1);
+        c.user_id = Some(vec![4; 32]);
+        store.update_pairing(&c).unwrap();
+        // ... and nothing after it renames them.
+        let mut other_phone = next(&c, P::Claimed);
+        other_phone.phone_secret_sha256 = phone(2);
+        refused(&c, &other_phone, "another phone");
+        let mut other_user = next(&c, P::Claimed);
+        other_user.user_id = Some(vec![5; 32]);
+        refused(&c, &other_user, "another user");
+        let mut no_user = next(&c, P::Denied);
+        no_user.user_id = None;
+        refused(&c, &no_user, "the user dropped");
+        // An approval only by approving: not smuggled into an expiry (the
+        // one other state that may carry one; `validate` refuses it in
+        // the rest).
+        let mut smuggled = next(&c, P::Expired);
+        smuggled.approval = Some(approval(&[4; 32], b"cred", 5, 0));
+        refused(&c, &smuggled, "approval in an expiry");
+        // Approved: the approval expires with the pairing unchanged, and
+        // is never replaced or dropped.
+        let a = approved(&c, &[4; 32], b"cred", 5, 0);
+        store.update_pairing(&a).unwrap();
+        let mut replaced = next(&a, P::Consumed);
+        replaced.approval = Some(approval(&[4; 32], b"other", 5, 0));
+        refused(&a, &replaced, "approval replaced");
+        let mut dropped = next(&a, P::Expired);
+        dropped.approval = None;
+        refused(&a, &dropped, "approval dropped");
+        let expired = next(&a, P::Expired);
+        assert_eq!(expired.approval, a.approval);
+        store.update_pairing(&expired).unwrap();
+        assert_eq!(store.pairing(&p.id).unwrap(), Some(expired));
+    }
+
+    /// Pairing and counter move together, or neither does.
+    pub fn pairing_approval(store: &dyn Store) {
+        use PairingState as P;
+        let uid = [5; 32];
+        enrolled(store, &uid, b"cred-1", 0, 0);
+        let p = pairing(1);
+        store.insert_pairing(&p).unwrap();
+        let c = claimed(&p, 1);
+        store.update_pairing(&c).unwrap();
+
+        // Approval with counter 5.
+        let a = approved(&c, &uid, b"cred-1", 1_234, 5);
+        store.approve_pairing(&a, 5, true).unwrap();
+        let stored = store.pairing(&p.id).unwrap().unwrap();
+        assert_eq!(stored, a);
+        assert_eq!(stored.state, P::Approved);
+        assert_eq!(stored.revision, 3);
+        assert_eq!(counter_of(store, b"cred-1"), (5, true, Some(1_234)));
+
+        // A second approval from the same claimed revision: stale, and the
+        // counter stays where the first one put it.
+        let again = approved(&c, &uid, b"cred-1", 2_000, 6);
+        assert_err!(
+            store.approve_pairing(&again, 6, false),
+            StoreError::Conflict { .. }
+        );
+        assert_eq!(store.pairing(&p.id).unwrap(), Some(a.clone()));
+        assert_eq!(counter_of(store, b"cred-1"), (5, true, Some(1_234)));
+        // An approval on top of the approval, at the right revision: an
+        // approved pairing is not approved again.
+        let twice = approved(&a, &uid, b"cred-1", 2_000, 7);
+        assert_err!(
+            store.approve_pairing(&twice, 7, false),
+            StoreError::Conflict { .. }
+        );
+        assert_eq!(store.pairing(&p.id).unwrap(), Some(a.clone()));
+        assert_eq!(counter_of(store, b"cred-1"), (5, true, Some(1_234)));
+
+        // A counter that regressed: the pairing stays claimed at its old
+        // revision, the counter where it was.
+        enrolled(store, &uid, b"cred-2", 10, 50);
+        let p2 = pairing(2);
+        store.insert_pairing(&p2).unwrap();
+        let c2 = claimed(&p2, 2);
+        store.update_pairing(&c2).unwrap();
+        for received in [3, 10, 0] {
+            let a2 = approved(&c2, &uid, b"cred-2", 3_000, received);
+            match store.approve_pairing(&a2, received, true) {
+                Err(StoreError::CounterRegression {
+                    stored: 10,
+                    received: r,
+                }) => assert_eq!(r, received),
+                other => panic!("count {received}: {other:?}"),
+            }
+            assert_eq!(store.pairing(&p2.id).unwrap(), Some(c2.clone()));
+            assert_eq!(counter_of(store, b"cred-2"), (10, false, Some(50)));
+        }
+        // Nothing half-written: the same revision is still free.
+        let a2 = approved(&c2, &uid, b"cred-2", 3_001, 11);
+        store.approve_pairing(&a2, 11, false).unwrap();
+        assert_eq!(store.pairing(&p2.id).unwrap(), Some(a2.clone()));
+        assert_eq!(counter_of(store, b"cred-2"), (11, false, Some(3_001)));
+        // Taken by the desktop: consumed, the approval kept.
+        let consumed = next(&a2, P::Consumed);
+        store.update_pairing(&consumed).unwrap();
+        assert_eq!(store.pairing(&p2.id).unwrap(), Some(consumed.clone()));
+        assert_eq!(consumed.approval, a2.approval);
+
+        // A pairing that is no longer claimed (or never was): not
+        // approved, from the claim's revision or at the right one, and the
+        // counter stays.
+        for (n, closed) in [(3, P::Denied), (4, P::Expired), (5, P::Locked)] {
+            let p = pairing(n);
+            store.insert_pairing(&p).unwrap();
+            let c = claimed(&p, n);
+            store.update_pairing(&c).unwrap();
+            let gone = next(&c, closed);
+            store.update_pairing(&gone).unwrap();
+            for late in [
+                approved(&c, &uid, b"cred-1", 4_000, 20),
+                approved(&gone, &uid, b"cred-1", 4_000, 20),
+            ] {
+                assert_err!(
+                    store.approve_pairing(&late, 20, false),
+                    StoreError::Conflict { .. }
+                );
+                assert_eq!(
+                    store.pairing(&p.id).unwrap(),
+                    Some(gone.clone()),
+                    "{closed}"
+                );
+                assert_eq!(counter_of(store, b"cred-1"), (5, true, Some(1_234)));
+            }
+        }
+        let unclaimed = pairing(6);
+        store.insert_pairing(&unclaimed).unwrap();
+        let skipped_claim = approved(&unclaimed, &uid, b"cred-1", 4_000, 20);
+        skipped_claim.validate().unwrap();
+        assert_err!(
+            store.approve_pairing(&skipped_claim, 20, false),
+            StoreError::Conflict { .. }
+        );
+        assert_eq!(store.pairing(&unclaimed.id).unwrap(), Some(unclaimed));
+        // A consumed pairing is not approved again either.
+        let reapproved = approved(&consumed, &uid, b"cred-2", 4_000, 20);
+        assert_err!(
+            store.approve_pairing(&reapproved, 20, false),
+            StoreError::Conflict { .. }
+        );
+        assert_eq!(store.pairing(&p2.id).unwrap(), Some(consumed.clone()));
+        assert_eq!(counter_of(store, b"cred-2"), (11, false, Some(3_001)));
+
+        // No approval, or not in state approved: invalid, nothing written.
+        let p7 = pairing(7);
+        store.insert_pairing(&p7).unwrap();
+        let c7 = claimed(&p7, 7);
+        store.update_pairing(&c7).unwrap();
+        let still_claimed = next(&c7, P::Claimed);
+        let mut bare = next(&c7, P::Approved);
+        bare.approval = None;
+        let mut as_consumed = approved(&c7, &uid, b"cred-1", 4_000, 20);
+        as_consumed.state = P::Consumed;
+        as_consumed.validate().unwrap();
+        let mut claimed_with_approval = approved(&c7, &uid, b"cred-1", 4_000, 20);
+        claimed_with_approval.state = P::Claimed;
+        let mut denied = next(&c7, P::Denied);
+        denied.validate().unwrap();
+        denied.approval = None;
+        for (what, record) in [
+            ("claimed", &still_claimed),
+            ("approved without approval", &bare),
+            ("consumed", &as_consumed),
+            ("claimed with approval", &claimed_with_approval),
+            ("denied", &denied),
+        ] {
+            match store.approve_pairing(record, 20, false) {
+                Err(StoreError::Invalid {
+                    field: "pairing approval",
+                    ..
+                }) => {}
+                other => panic!("{what}: {other:?}"),
+            }
+            assert_eq!(store.pairing(&p7.id).unwrap(), Some(c7.clone()), "{what}");
+            assert_eq!(counter_of(store, b"cred-1"), (5, true, Some(1_234)));
+        }
+
+        // An unknown credential: the pairing is unchanged.
+        assert_err!(
+            store.approve_pairing(&approved(&c7, &uid, b"missing", 4_000, 1), 1, false),
+            StoreError::NotFound { what: "credential" }
+        );
+        assert_eq!(store.pairing(&p7.id).unwrap(), Some(c7.clone()));
+        assert!(store.credential(b"missing").unwrap().is_none());
+
+        // An unknown pairing: the credential is unchanged.
+        let ghost = claimed(&pairing(8), 8);
+        assert_err!(
+            store.approve_pairing(&approved(&ghost, &uid, b"cred-1", 4_000, 7), 7, false),
+            StoreError::NotFound { what: "pairing" }
+        );
+        assert!(store.pairing(&[8; 16]).unwrap().is_none());
+        assert_eq!(counter_of(store, b"cred-1"), (5, true, Some(1_234)));
+
+        // A skipped revision.
+        let mut skip = approved(&c7, &uid, b"cred-1", 4_000, 6);
+        skip.revision += 1;
+        assert_err!(
+            store.approve_pairing(&skip, 6, false),
+            StoreError::Conflict { .. }
+        );
+        assert_eq!(store.pairing(&p7.id).unwrap(), Some(c7.clone()));
+        assert_eq!(counter_of(store, b"cred-1"), (5, true, Some(1_234)));
+
+        // Authenticators without a counter: two zeros pass.
+        enrolled(store, &uid, b"cred-0", 0, 0);
+        let a7 = approved(&c7, &uid, b"cred-0", 5_000, 0);
+        store.approve_pairing(&a7, 0, true).unwrap();
+        assert_eq!(store.pairing(&p7.id).unwrap(), Some(a7));
+        assert_eq!(counter_of(store, b"cred-0"), (0, true, Some(5_000)));
+    }
+
+    /// Of many phones claiming one created pairing from one revision,
+    /// exactly one succeeds, and the stored phone secret is its.
+    pub fn pairing_claim_race(store: &dyn Store) {
+        let p = pairing(1);
+        store.insert_pairing(&p).unwrap();
+        let n = 16;
+        let barrier = Barrier::new(n);
+        let results: Vec<(PairingRecord, Result<(), StoreError>)> = thread::scope(|scope| {
+            (0..n as u8)
+                .map(|i| {
+                    let (barrier, p) = (&barrier, &p);
+                    scope.spawn(move || {
+                        let c = claimed(p, i + 1);
+                        assert_eq!(c.revision, 2);
+                        barrier.wait();
+                        let result = store.update_pairing(&c);
+                        (c, result)
+                    })
+                })
+                .collect::<Vec<_>>()
+                .into_iter()
+                .map(|h| h.join().unwrap())
+                .collect()
+        });
+        let mut winners = Vec::new();
+        for (c, result) in results {
+            match result {
+                Ok(()) => winners.push(c),
+                Err(StoreError::Conflict { .. }) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(winners.len(), 1, "{winners:?}");
+        let stored = store.pairing(&p.id).unwrap().unwrap();
+        assert_eq!(stored, winners[0]);
+        assert_eq!(stored.phone_secret_sha256, winners[0].phone_secret_sha256);
+        assert_eq!(stored.state, PairingState::Claimed);
+        assert_eq!(stored.revision, 2);
+    }
+
+    /// Of many threads approving one claimed pairing from one revision,
+    /// exactly one succeeds, and the stored approval and the counter are
+    /// its.
+    pub fn pairing_approval_race(store: &dyn Store) {
+        let uid = [6; 32];
+        enrolled(store, &uid, b"cred", 0, 0);
+        let p = pairing(1);
+        store.insert_pairing(&p).unwrap();
+        let c = claimed(&p, 1);
+        store.update_pairing(&c).unwrap();
+        let n = 16;
+        let barrier = Barrier::new(n);
+        let winners: Vec<(PairingRecord, u32)> = thread::scope(|scope| {
+            (0..n as u32)
+                .map(|i| {
+                    let (barrier, c, uid) = (&barrier, &c, &uid);
+                    scope.spawn(move || {
+                        let count = i + 1;
+                        let a = approved(c, uid, b"cred", 10_000 + u64::from(i), count);
+                        barrier.wait();
+                        match store.approve_pairing(&a, count, i % 2 == 0) {
+                            Ok(()) => Some((a, count)),
+                            Err(StoreError::Conflict { .. })
+                            | Err(StoreError::CounterRegression { .. }) => None,
+                            Err(e) => panic!("{e}"),
+                        }
+                    })
+                })
+                .collect::<Vec<_>>()
+                .into_iter()
+                .filter_map(|h| h.join().unwrap())
+                .collect()
+        });
+        assert_eq!(winners.len(), 1, "{winners:?}");
+        let (won, count) = &winners[0];
+        assert_eq!(store.pairing(&p.id).unwrap().as_ref(), Some(won));
+        let approved_ms = won.approval.as_ref().unwrap().approved_ms;
+        assert_eq!(
+            counter_of(store, b"cred"),
+            (*count, *count % 2 == 1, Some(approved_ms))
+        );
+    }
+
+    /// Writes for [`reopened`] to find after the store is opened again.
+    pub fn before_reopen(store: &dyn Store) {
+        let uid = [4; 32];
+        enrolled(store, &uid, b"cred", 0, 0);
+        let p1 = pairing(1);
+        store.insert_pairing(&p1).unwrap();
+        let c1 = claimed(&p1, 1);
+        store.update_pairing(&c1).unwrap();
+        store
+            .approve_pairing(&approved(&c1, &uid, b"cred", 7_000, 9), 9, true)
+            .unwrap();
+        let p2 = pairing(2);
+        store.insert_pairing(&p2).unwrap();
+        let c2 = claimed(&p2, 2);
+        store.update_pairing(&c2).unwrap();
+        store.update_pairing(&refused_once(&c2)).unwrap();
+        let p3 = pairing(3);
+        store.insert_pairing(&p3).unwrap();
+        store.update_pairing(&locked(&p3)).unwrap();
+    }
+
+    fn refused_once(c: &PairingRecord) -> PairingRecord {
+        let mut r = next(c, PairingState::Claimed);
+        r.refusals = 1;
+        r
+    }
+
+    fn locked(p: &PairingRecord) -> PairingRecord {
+        let mut l = next(p, PairingState::Locked);
+        l.code_attempts = 5;
+        l
+    }
+
+    pub fn reopened(store: &dyn Store) {
+        let uid = [4; 32];
+        let a1 = approved(&claimed(&pairing(1), 1), &uid, b"cred", 7_000, 9);
+        assert_eq!(store.pairing(&a1.id).unwrap(), Some(a1.clone()));
+        assert_eq!(counter_of(store, b"cred"), (9, true, Some(7_000)));
+        let r2 = refused_once(&claimed(&pairing(2), 2));
+        assert_eq!(store.pairing(&r2.id).unwrap(), Some(r2.clone()));
+        let l3 = locked(&pairing(3));
+        assert_eq!(store.pairing(&l3.id).unwrap(), Some(l3.clone()));
+
+        // The revisions and states carry on where they stopped.
+        assert_err!(store.update_pairing(&r2), StoreError::Conflict { .. });
+        assert_err!(store.insert_pairing(&pairing(2)), StoreError::Exists { .. });
+        assert_err!(
+            store.update_pairing(&next(&l3, PairingState::Created)),
+            StoreError::Conflict { .. }
+        );
+        assert_eq!(store.pairing(&l3.id).unwrap(), Some(l3));
+        let consumed = next(&a1, PairingState::Consumed);
+        store.update_pairing(&consumed).unwrap();
+        assert_eq!(store.pairing(&a1.id).unwrap(), Some(consumed));
+        let a2 = approved(&r2, &uid, b"cred", 8_000, 10);
+        store.approve_pairing(&a2, 10, false).unwrap();
+        assert_eq!(store.pairing(&a2.id).unwrap(), Some(a2));
+        assert_eq!(counter_of(store, b"cred"), (10, false, Some(8_000)));
+    }
+}
+
 /// Runs each named `suite` function against a fresh store from `$open`
 /// (a `fn(&Path) -> impl Store`, given an empty temporary directory).
 macro_rules! backend_tests {
@@ -2020,6 +3087,74 @@ transaction_tests!(
     ]
 );
 
+macro_rules! pairing_tests {
+    ($backend:ident, $open:expr, [$($name:ident),* $(,)?]) => {
+        mod $backend {
+            $(
+                #[test]
+                fn $name() {
+                    let dir = tempfile::tempdir().unwrap();
+                    let store = ($open)(dir.path());
+                    super::pairing_suite::$name(&store);
+                }
+            )*
+        }
+    };
+}
+
+pairing_tests!(
+    sled_pairings,
+    super::open_sled,
+    [
+        pairings,
+        pairing_limits,
+        pairing_updates,
+        pairing_transitions,
+        pairing_fixed_fields,
+        pairing_approval,
+        pairing_claim_race,
+        pairing_approval_race,
+    ]
+);
+
+/// The transition table, written out independently of
+/// `PairingState::may_become`: the store enforces that function, so a
+/// mistake in it would pass every store test.
+#[test]
+fn pairing_state_table() {
+    use signet::store::PairingState as P;
+    let allowed = [
+        (P::Created, P::Created),
+        (P::Created, P::Claimed),
+        (P::Created, P::Locked),
+        (P::Created, P::Expired),
+        (P::Claimed, P::Claimed),
+        (P::Claimed, P::Approved),
+        (P::Claimed, P::Denied),
+        (P::Claimed, P::Locked),
+        (P::Claimed, P::Expired),
+        (P::Approved, P::Consumed),
+        (P::Approved, P::Expired),
+    ];
+    let all: std::collections::HashSet<P> = P::ALL.into_iter().collect();
+    assert_eq!(all.len(), 7);
+    for from in P::ALL {
+        for to in P::ALL {
+            assert_eq!(
+                from.may_become(to),
+                allowed.contains(&(from, to)),
+                "{from} -> {to}"
+            );
+        }
+        // Final exactly when nothing follows.
+        assert_eq!(
+            from.is_final(),
+            P::ALL.iter().all(|&to| !from.may_become(to)),
+            "{from}"
+        );
+    }
+}
+
 #[test]
 fn sled_durability_across_reopen() {
     let dir = tempfile::tempdir().unwrap();
@@ -2032,6 +3167,13 @@ fn sled_transactions_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
     transaction_suite::before_reopen(&open_sled(dir.path()));
     transaction_suite::reopened(&open_sled(dir.path()));
+}
+
+#[test]
+fn sled_pairings_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    pairing_suite::before_reopen(&open_sled(dir.path()));
+    pairing_suite::reopened(&open_sled(dir.path()));
 }
 
 #[test]

@@ -255,10 +255,39 @@ impl Revised for PairingRecord {
     fn revision(&self) -> u64 {
         self.revision
     }
-    /// The state machine, enforced where the state is kept.
+    /// The state machine, enforced where the state is kept, and what each
+    /// step may change: what the desktop was given never changes, the
+    /// claim alone names the phone and the user, the approval alone sets
+    /// the approval.
     fn refuses(&self, next: &Self) -> Option<String> {
-        (!self.state.may_become(next.state))
-            .then(|| format!("a {} pairing cannot become {}", self.state, next.state))
+        use super::PairingState as P;
+        if !self.state.may_become(next.state) {
+            return Some(format!(
+                "a {} pairing cannot become {}",
+                self.state, next.state
+            ));
+        }
+        let fixed = self.code_sha256 == next.code_sha256
+            && self.desktop_secret_sha256 == next.desktop_secret_sha256
+            && self.nonce == next.nonce
+            && self.action == next.action
+            && self.context == next.context
+            && self.created_ms == next.created_ms;
+        if !fixed {
+            return Some("a pairing's code, secret, nonce, action and context never change".into());
+        }
+        let claiming = self.state == P::Created && next.state == P::Claimed;
+        if !claiming
+            && (self.phone_secret_sha256 != next.phone_secret_sha256
+                || self.user_id != next.user_id)
+        {
+            return Some("only the claim names the phone and the user".into());
+        }
+        let approving = self.state == P::Claimed && next.state == P::Approved;
+        if !approving && self.approval != next.approval {
+            return Some("only the approval sets the approval".into());
+        }
+        None
     }
 }
 

@@ -2605,7 +2605,8 @@ pub mod pairing_suite {
         use PairingState as P;
         let p = pairing(1);
         store.insert_pairing(&p).unwrap();
-        let edits: Vec<(&str, fn(&mut PairingRecord))> = vec![
+        type Edit = fn(&mut PairingRecord);
+        let edits: Vec<(&str, Edit)> = vec![
             ("code", |r| r.code_sha256 = [0x11; 32]),
             ("desktop secret", |r| r.desktop_secret_sha256 = [0x12; 32]),
             ("nonce", |r| r.nonce = [0x13; 32]),

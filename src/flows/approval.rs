@@ -49,8 +49,8 @@ use serde_json::{Map, Value, json};
 use std::time::SystemTime;
 
 use super::ceremony::{
-    Counter, Expected, object, only, opt_str, refused, req_str, usable_credentials, user_text,
-    verify_assertion,
+    Counter, Expected, object, only, opt_str, reason_body, refused, req_str, usable_credentials,
+    user_text, verify_assertion,
 };
 use super::{
     FlowError, Services, TransactionProblem, sign_with_active, truncate, unix_ms, uuid_text,
@@ -623,16 +623,7 @@ pub fn cancel(
 ) -> Result<Value, FlowError> {
     let now_ms = unix_ms(now);
     let id = transaction_id(id_text)?;
-    let reason = match body {
-        Value::Null => None,
-        v => {
-            let obj = object(v, "body")?;
-            only(obj, &["reason"], "")?;
-            opt_str(obj, "reason", "")?
-                .map(|r| user_text(r, "reason", false))
-                .transpose()?
-        }
-    };
+    let reason = reason_body(body)?;
     let t = load(s, &id, actor, now_ms)?;
     if t.state == TransactionState::Cancelled {
         return describe(&t);

@@ -138,6 +138,21 @@ pub(crate) fn user_text(value: &str, field: &str, allow_empty: bool) -> Result<S
     Ok(value.to_string())
 }
 
+/// A body that is `null` or `{"reason"?}`: the optional reason of a
+/// cancellation or refusal, as the user or bank gave it.
+pub(crate) fn reason_body(body: &Value) -> Result<Option<String>, FlowError> {
+    match body {
+        Value::Null => Ok(None),
+        v => {
+            let obj = object(v, "body")?;
+            only(obj, &["reason"], "")?;
+            opt_str(obj, "reason", "")?
+                .map(|r| user_text(r, "reason", false))
+                .transpose()
+        }
+    }
+}
+
 /// The `user` member of a registration or enrollment request.
 pub(crate) struct UserRequest {
     pub name: String,

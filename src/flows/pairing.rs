@@ -43,8 +43,8 @@ use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
 use super::ceremony::{
-    Counter, Expected, object, only, opt_str, refused, req_str, usable_credentials, user_text,
-    verify_assertion,
+    Counter, Expected, object, only, opt_str, reason_body, refused, req_str, usable_credentials,
+    user_text, verify_assertion,
 };
 use super::{FlowError, PairingProblem, Services, unix_ms, uuid_text};
 use crate::audit::AuditEvent;
@@ -268,6 +268,26 @@ fn refuse_state(state: PairingState, step: &str) -> FlowError {
         problem: PairingProblem::State(state),
         field: "pairingId".into(),
         reason: format!("cannot {step}: the pairing is {state}: {why}"),
+    }
+}
+
+/// A step that lost a race (its write met a newer revision): refused for
+/// the state the pairing is in now, audited as `event`.
+fn lost_race(
+    s: &Services,
+    id: &PairingId,
+    step: &str,
+    event: &str,
+    actor: &str,
+    now_ms: u64,
+) -> FlowError {
+    let e = match load(s, id, actor, now_ms) {
+        Ok(now) => refuse_state(now.state, step),
+        Err(e) => return e,
+    };
+    match refused(s, actor, event, &subject(id), &e, now_ms) {
+        Ok(()) => e,
+        Err(audit) => audit,
     }
 }
 
@@ -605,12 +625,15 @@ pub fn claim(
     })
     .map_err(|e| FlowError::Internal(format!("pairing options: {e}")))?;
     if !commit(s, &claimed)? {
-        // Another phone came first (or the pairing moved on): say how it
-        // stands now.
-        let now_state = load(s, &id, actor, now_ms)?.state;
-        let e = refuse_state(now_state, "claim");
-        refused(s, actor, "pairing.claim_refused", &subject(&id), &e, now_ms)?;
-        return Err(e);
+        // Another phone came first (or the pairing moved on).
+        return Err(lost_race(
+            s,
+            &id,
+            "claim",
+            "pairing.claim_refused",
+            actor,
+            now_ms,
+        ));
     }
     s.record(
         AuditEvent::new(now_ms, actor, "pairing.claimed", subject(&id)).with_detail(json!({
@@ -749,10 +772,14 @@ pub fn approve(
     {
         Ok(()) => s.pairings.watch.notify(&id),
         Err(StoreError::Conflict { .. }) => {
-            let now_state = load(s, &id, actor, now_ms)?.state;
-            let e = refuse_state(now_state, "approve");
-            refused(s, actor, "pairing.refused", &subject(&id), &e, now_ms)?;
-            return Err(e);
+            return Err(lost_race(
+                s,
+                &id,
+                "approve",
+                "pairing.refused",
+                actor,
+                now_ms,
+            ));
         }
         // Another assertion of this credential moved its counter past this
         // one meanwhile: a refused answer like any other.
@@ -794,24 +821,12 @@ pub fn deny(
 ) -> Result<Value, FlowError> {
     let now_ms = unix_ms(now);
     let id = parse_id(id_text)?;
-    let reason = match body {
-        Value::Null => None,
-        v => {
-            let obj = object(v, "body")?;
-            only(obj, &["reason"], "")?;
-            opt_str(obj, "reason", "")?
-                .map(|r| user_text(r, "reason", false))
-                .transpose()?
-        }
-    };
+    let reason = reason_body(body)?;
     let p = claimed_by_phone(s, &id, phone_secret, "deny", actor, now_ms)?;
     let mut denied = next(&p, PairingState::Denied, now_ms);
     denied.closed_reason = Some(reason.unwrap_or_else(|| "denied on the phone".into()));
     if !commit(s, &denied)? {
-        let now_state = load(s, &id, actor, now_ms)?.state;
-        let e = refuse_state(now_state, "deny");
-        refused(s, actor, "pairing.refused", &subject(&id), &e, now_ms)?;
-        return Err(e);
+        return Err(lost_race(s, &id, "deny", "pairing.refused", actor, now_ms));
     }
     s.record(
         AuditEvent::new(now_ms, actor, "pairing.denied", subject(&id))
@@ -926,8 +941,14 @@ pub fn consume(
         return Err(e);
     };
     if !commit(s, &next(&p, PairingState::Consumed, now_ms))? {
-        let now_state = load(s, &id, actor, now_ms)?.state;
-        return refuse(now_state);
+        return Err(lost_race(
+            s,
+            &id,
+            "consume",
+            "pairing.consume_refused",
+            actor,
+            now_ms,
+        ));
     }
     let user = s.store.user_by_id(&a.user_id)?;
     let answer = json!({

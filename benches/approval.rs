@@ -23,21 +23,18 @@
 //! machine and disk, and their difference is the log's cost.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Value, json};
-use signet::config::{Config, Overrides};
 use signet::evidence_log::VerificationLog;
 use signet::flows::{Services, approval, ceremony};
 use signet::keys::{EcPublicKey, KeyRing, Profile, Role};
-use signet::store::SledStore;
 use signet::testkit::{Attestation, Ceremony, SoftAuthenticator};
 use signet::webauthn::cose_key::VerifyingKey;
 use signet::webauthn::{CoseAlgorithm, b64url_decode};
 
 mod common;
-use common::{Row, Stats, parse_args, share, timed_loop, usage};
+use common::{Row, Stats, flow_services, parse_args, print_json, share, timed_loop, usage};
 
 const RP_ID: &str = "localhost";
 const ORIGIN: &str = "https://localhost";
@@ -55,22 +52,7 @@ const APPROVE_MAX: usize = 20_000;
 // As tests/transaction_approval.rs, with the longest lifetime and the most
 // refusals the configuration allows, so that the first of thousands of
 // prepared transactions is still pending when it is approved.
-const CONFIG: &str = r#"
-[tls]
-cert = "server.pem"
-key = "server.key"
-client_ca = "ca.pem"
-[[clients]]
-name = "bench"
-role = "rp"
-san_uri = "urn:signet:role:rp"
-[rp]
-id = "localhost"
-origins = ["https://localhost"]
-[store]
-data_dir = "data"
-[keys]
-profile = "profile.toml"
+const EXTRA_CONFIG: &str = r#"
 [transactions]
 ttl_s = 86400
 attempts_max = 100
@@ -116,21 +98,17 @@ struct Bench {
 
 impl Bench {
     fn new(ring: KeyRing) -> Bench {
-        ring.init().expect("provision keys");
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Arc::new(SledStore::open(&dir.path().join("data")).expect("store"));
         let log_path = dir.path().join("log/verification.jsonl");
-        let config = Config::parse(
+        let mut s = flow_services(
+            dir.path(),
+            ring,
             &format!(
-                "{CONFIG}verification_log = {:?}\n",
+                "{EXTRA_CONFIG}verification_log = {:?}\n",
                 log_path.display().to_string()
             ),
-            Path::new("/etc/signet/signet.toml"),
-            &Overrides::default(),
-        )
-        .expect("config");
-        let policy = signet::policy::tiers::Policy::parse(POLICY).expect("policy");
-        let mut s = Services::new(&config, store, Arc::new(ring), policy);
+            POLICY,
+        );
         let log = s.transactions.log.take();
         assert!(log.is_some(), "the verification log is configured");
         let countersign = s
@@ -464,18 +442,5 @@ fn main() {
     if let Some((path, profile)) = &tpm {
         all.extend(backend("swtpm", path, profile, s));
     }
-    let json: Vec<_> = all
-        .iter()
-        .map(|(backend, r)| {
-            json!({
-                "backend": backend,
-                "operation": r.name,
-                "ops": r.stats.lat.len(),
-                "per_s": r.stats.ops_per_s().round(),
-                "p50_ms": (r.stats.pct_ms(50.0) * 1e3).round() / 1e3,
-                "p99_ms": (r.stats.pct_ms(99.0) * 1e3).round() / 1e3,
-            })
-        })
-        .collect();
-    println!("JSON {}", Value::Array(json));
+    print_json(&all);
 }

@@ -14,19 +14,16 @@
 //! dir and the profile's keys, called the way the API handlers call it.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use serde_json::{Value, json};
-use signet::config::{Config, Overrides};
 use signet::flows::{Services, enrollment};
 use signet::keys::{EcPublicKey, KeyRing, Profile, Role};
-use signet::store::SledStore;
 use signet::testkit::device::{SoftDevice, create_passkey};
 use signet::webauthn::{b64url, b64url_decode};
 
 mod common;
-use common::{Row, parse_args, share, timed_each, timed_loop, usage};
+use common::{Row, flow_services, parse_args, print_json, share, timed_each, timed_loop, usage};
 
 const ORIGIN: &str = "https://localhost";
 const ACTOR: &str = "client:bench";
@@ -37,22 +34,7 @@ const REDEEM_MAX: usize = 5000;
 
 // As tests/device_binding.rs, with a token lifetime long enough that the
 // first of thousands of prepared tokens is still valid when redeemed.
-const CONFIG: &str = r#"
-[tls]
-cert = "server.pem"
-key = "server.key"
-client_ca = "ca.pem"
-[[clients]]
-name = "bench"
-role = "rp"
-san_uri = "urn:signet:role:rp"
-[rp]
-id = "localhost"
-origins = ["https://localhost"]
-[store]
-data_dir = "data"
-[keys]
-profile = "profile.toml"
+const EXTRA_CONFIG: &str = r#"
 [devices]
 token_ttl_s = 86400
 enrollment_ttl_s = 864000
@@ -68,18 +50,13 @@ struct Bench {
 
 impl Bench {
     fn new(ring: KeyRing) -> Bench {
-        ring.init().expect("provision keys");
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Arc::new(SledStore::open(&dir.path().join("data")).expect("store"));
-        let config = Config::parse(
-            CONFIG,
-            Path::new("/etc/signet/signet.toml"),
-            &Overrides::default(),
-        )
-        .expect("config");
-        let policy =
-            signet::policy::tiers::Policy::parse(signet::policy::tiers::BUILTIN).expect("policy");
-        let s = Services::new(&config, store, Arc::new(ring), policy);
+        let s = flow_services(
+            dir.path(),
+            ring,
+            EXTRA_CONFIG,
+            signet::policy::tiers::BUILTIN,
+        );
         let signing = s.keys.active(Role::TokenSigning).expect("token-signing");
         let encryption = s
             .keys
@@ -288,18 +265,5 @@ fn main() {
     if let Some((path, profile)) = &tpm {
         all.extend(backend("swtpm", path, profile, s));
     }
-    let json: Vec<_> = all
-        .iter()
-        .map(|(backend, r)| {
-            json!({
-                "backend": backend,
-                "operation": r.name,
-                "ops": r.stats.lat.len(),
-                "per_s": r.stats.ops_per_s().round(),
-                "p50_ms": (r.stats.pct_ms(50.0) * 1e3).round() / 1e3,
-                "p99_ms": (r.stats.pct_ms(99.0) * 1e3).round() / 1e3,
-            })
-        })
-        .collect();
-    println!("JSON {}", Value::Array(json));
+    print_json(&all);
 }

@@ -25,21 +25,18 @@
 //! timed), so both see the same machine and disk.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Value, json};
 use signet::audit::AuditEvent;
-use signet::config::{Config, Overrides};
 use signet::flows::{Services, ceremony, pairing};
 use signet::keys::{KeyRing, Profile};
-use signet::store::SledStore;
 use signet::testkit::{Attestation, Ceremony, SoftAuthenticator};
 use signet::webauthn::cose_key::VerifyingKey;
 use signet::webauthn::{CoseAlgorithm, b64url_decode};
 
 mod common;
-use common::{Row, Stats, parse_args, share, timed_loop, usage};
+use common::{Row, Stats, flow_services, parse_args, print_json, share, timed_loop, usage};
 
 const RP_ID: &str = "localhost";
 const ORIGIN: &str = "https://localhost";
@@ -58,22 +55,7 @@ const FIREFOX: &str =
 
 // As tests/pairing_flow.rs, with the longest lifetime and the most attempts
 // the configuration allows.
-const CONFIG: &str = r#"
-[tls]
-cert = "server.pem"
-key = "server.key"
-client_ca = "ca.pem"
-[[clients]]
-name = "bench"
-role = "rp"
-san_uri = "urn:signet:role:rp"
-[rp]
-id = "localhost"
-origins = ["https://localhost"]
-[store]
-data_dir = "data"
-[keys]
-profile = "profile.toml"
+const EXTRA_CONFIG: &str = r#"
 [pairing]
 ttl_s = 600
 attempts_max = 20
@@ -143,17 +125,8 @@ struct Bench {
 
 impl Bench {
     fn new(ring: KeyRing) -> Bench {
-        ring.init().expect("provision keys");
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Arc::new(SledStore::open(&dir.path().join("data")).expect("store"));
-        let config = Config::parse(
-            CONFIG,
-            Path::new("/etc/signet/signet.toml"),
-            &Overrides::default(),
-        )
-        .expect("config");
-        let policy = signet::policy::tiers::Policy::parse(POLICY).expect("policy");
-        let s = Services::new(&config, store, Arc::new(ring), policy);
+        let s = flow_services(dir.path(), ring, EXTRA_CONFIG, POLICY);
 
         let mut auth = SoftAuthenticator::new(CoseAlgorithm::Es256);
         auth.aaguid = MODEL;
@@ -519,18 +492,5 @@ fn main() {
     if let Some((path, profile)) = &tpm {
         all.extend(backend("swtpm", path, profile, s));
     }
-    let json: Vec<_> = all
-        .iter()
-        .map(|(backend, r)| {
-            json!({
-                "backend": backend,
-                "operation": r.name,
-                "ops": r.stats.lat.len(),
-                "per_s": r.stats.ops_per_s().round(),
-                "p50_ms": (r.stats.pct_ms(50.0) * 1e3).round() / 1e3,
-                "p99_ms": (r.stats.pct_ms(99.0) * 1e3).round() / 1e3,
-            })
-        })
-        .collect();
-    println!("JSON {}", Value::Array(json));
+    print_json(&all);
 }

@@ -1,6 +1,7 @@
-//! What the key-backend benches share: their arguments, the timing loops,
-//! the statistics they print and the share of a step spent in one
-//! primitive.
+//! What the key-backend benches share: their arguments, the base
+//! configuration of the in-process flows, the timing loops, the statistics
+//! they print (as a table and as one JSON line) and the share of a step
+//! spent in one primitive.
 
 #![allow(dead_code)] // each bench uses part of it
 
@@ -149,4 +150,66 @@ pub fn share(step: &str, step_ms: f64, prim: &str, prim_ms: f64) {
         step_ms - prim_ms,
         (1.0 - key) * 100.0
     );
+}
+
+/// The configuration the in-process flow benches start from (as
+/// tests/common/flows.rs; the files it names are never read by the flows).
+/// Each bench appends its own sections.
+pub const BASE_CONFIG: &str = r#"
+[tls]
+cert = "server.pem"
+key = "server.key"
+client_ca = "ca.pem"
+[[clients]]
+name = "bench"
+role = "rp"
+san_uri = "urn:signet:role:rp"
+[rp]
+id = "localhost"
+origins = ["https://localhost"]
+[store]
+data_dir = "data"
+[keys]
+profile = "profile.toml"
+"#;
+
+/// Prints every row of every backend as one `JSON [...]` line, for tools
+/// that compare runs.
+pub fn print_json(all: &[(String, Row)]) {
+    let rows: Vec<serde_json::Value> = all
+        .iter()
+        .map(|(backend, r)| {
+            serde_json::json!({
+                "backend": backend,
+                "operation": r.name,
+                "ops": r.stats.lat.len(),
+                "per_s": r.stats.ops_per_s().round(),
+                "p50_ms": (r.stats.pct_ms(50.0) * 1e3).round() / 1e3,
+                "p99_ms": (r.stats.pct_ms(99.0) * 1e3).round() / 1e3,
+            })
+        })
+        .collect();
+    println!("JSON {}", serde_json::Value::Array(rows));
+}
+
+/// `Services` over a fresh `SledStore` under `dir` and `ring`'s keys
+/// (provisioned here), with [`BASE_CONFIG`] plus `extra` and the policy
+/// `policy`: the flows as the API handlers call them.
+pub fn flow_services(
+    dir: &std::path::Path,
+    ring: signet::keys::KeyRing,
+    extra: &str,
+    policy: &str,
+) -> signet::flows::Services {
+    ring.init().expect("provision keys");
+    let store =
+        std::sync::Arc::new(signet::store::SledStore::open(&dir.join("data")).expect("store"));
+    let config = signet::config::Config::parse(
+        &format!("{BASE_CONFIG}{extra}"),
+        std::path::Path::new("/etc/signet/signet.toml"),
+        &signet::config::Overrides::default(),
+    )
+    .expect("config");
+    let policy = signet::policy::tiers::Policy::parse(policy).expect("policy");
+    signet::flows::Services::new(&config, store, std::sync::Arc::new(ring), policy)
 }

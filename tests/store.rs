@@ -3170,6 +3170,34 @@ fn sled_transactions_survive_reopen() {
     transaction_suite::reopened(&open_sled(dir.path()));
 }
 
+/// A store closed in this process (or by a predecessor still exiting)
+/// lets go of its directory lock a little after it is dropped: opening
+/// again waits for it instead of failing.
+#[test]
+fn sled_reopen_waits_for_the_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = open_sled(dir.path());
+    first
+        .put_user(&signet::store::User {
+            id: vec![1; 16],
+            name: "alice".into(),
+            display_name: "Alice".into(),
+            created_ms: 1,
+        })
+        .unwrap();
+    let closer = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        drop(first);
+    });
+    // Still held when this starts: it waits, then opens.
+    let second = open_sled(dir.path());
+    closer.join().unwrap();
+    assert_eq!(
+        second.user_by_name("alice").unwrap().map(|u| u.id),
+        Some(vec![1; 16])
+    );
+}
+
 #[test]
 fn sled_pairings_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();

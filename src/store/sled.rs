@@ -424,6 +424,35 @@ fn seq_of(tree: &'static str, key: &[u8]) -> Result<u64, StoreError> {
     Ok(u64::from_be_bytes(bytes))
 }
 
+/// How long `open` waits for the directory's lock. A store closed in this
+/// process lets go of it only when sled's background I/O threads finish
+/// with it (tens of milliseconds), and a restarted service may meet its
+/// predecessor still exiting; another process that keeps the store open
+/// gets the lock error after this.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Opens sled, waiting up to [`LOCK_WAIT`] for the directory's lock.
+fn open_locked(dir: &Path) -> Result<sled::Db, StoreError> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match sled::Config::new()
+            .path(dir)
+            .segment_size(SEGMENT_SIZE)
+            .open()
+        {
+            Ok(db) => return Ok(db),
+            // sled reports the lock only as text.
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// A record must carry the key it is stored under; anything else means bytes
 /// were moved or overwritten outside the store.
 fn check_identity(tree: &'static str, key: &[u8], stored: &[u8]) -> Result<(), StoreError> {
@@ -474,10 +503,7 @@ impl SledStore {
 
     pub fn open_with(dir: &Path, options: SledOptions) -> Result<SledStore, StoreError> {
         prepare_dir(dir)?;
-        let db = sled::Config::new()
-            .path(dir)
-            .segment_size(SEGMENT_SIZE)
-            .open()?;
+        let db = open_locked(dir)?;
         // fsync works on the inode, so a read-only handle flushes sled's
         // writes too.
         let log_file = std::fs::File::open(dir.join("db"))?;

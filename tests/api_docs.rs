@@ -266,7 +266,7 @@ fn openapi_document_is_consistent() {
         );
     }
     let ops = operations(&doc);
-    assert_eq!(ops.len(), 32);
+    assert_eq!(ops.len(), 33);
     for (path, method, op) in &ops {
         let what = format!("{method} {path}");
         let roles = roles_of(op);
@@ -527,7 +527,86 @@ fn every_documented_operation_exists_and_answers_as_documented() {
         }
     }
     // Each operation was called at least once by a role it allows.
-    assert!(allowed_calls >= 32, "{allowed_calls}");
+    assert!(allowed_calls >= 33, "{allowed_calls}");
+}
+
+/// Every route the code defines (`.route("PATH", METHOD(handler))` in
+/// src/api/routes/), and no other, is an operation of the document: a route
+/// added without its contract, or a contract left for a route removed,
+/// fails here.
+#[test]
+fn the_document_lists_exactly_the_routes_the_code_defines() {
+    let doc = openapi();
+    let documented: BTreeSet<(String, String)> = operations(&doc)
+        .into_iter()
+        .map(|(path, method, _)| (method, path))
+        .collect();
+    let mut defined = BTreeSet::new();
+    let dir = repo_path("src/api/routes");
+    for entry in std::fs::read_dir(&dir).expect("routes dir") {
+        let path = entry.expect("entry").path();
+        let text = std::fs::read_to_string(&path).expect("read route module");
+        for part in text.split(".route(\"").skip(1) {
+            let (route, rest) = part.split_once('"').expect("route path literal");
+            let method = rest
+                .trim_start_matches([',', ' ', '\n'])
+                .split('(')
+                .next()
+                .expect("method router")
+                .trim()
+                .to_string();
+            assert!(
+                ["get", "post", "put", "delete"].contains(&method.as_str()),
+                "{}: {route}: one method per .route() call, as the other modules do ({method})",
+                path.display()
+            );
+            defined.insert((method, route.to_string()));
+        }
+    }
+    assert!(defined.len() >= 33, "{defined:?}");
+    let undocumented: Vec<_> = defined.difference(&documented).collect();
+    let unrouted: Vec<_> = documented.difference(&defined).collect();
+    assert!(
+        undocumented.is_empty(),
+        "routes without a contract: {undocumented:?}"
+    );
+    assert!(
+        unrouted.is_empty(),
+        "documented but not routed: {unrouted:?}"
+    );
+}
+
+/// `GET /v1/openapi.json` serves the committed document, byte for byte, to
+/// `rp` only.
+#[test]
+fn the_served_document_is_the_committed_one() {
+    let server = SignetServer::start();
+    let response = server
+        .client("rp")
+        .get(server.url("/v1/openapi.json"))
+        .send()
+        .expect("send");
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(
+        response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("application/json")
+    );
+    assert_eq!(
+        response.text().expect("body"),
+        repo_file("docs/openapi.json")
+    );
+    assert_eq!(
+        signet::api::routes::openapi::DOCUMENT,
+        repo_file("docs/openapi.json")
+    );
+    for role in ["officer", "auditor", "monitor"] {
+        let (status, body) = server.get(role, "/v1/openapi.json");
+        assert_eq!(status, 403, "{role}");
+        assert_eq!(body["type"], "urn:signet:problem:forbidden", "{role}");
+    }
 }
 
 /// The success answers of a whole registration, authentication, listing,

@@ -62,6 +62,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::events::router())
         .merge(routes::keys::router())
         .merge(routes::audit::router())
+        .merge(routes::openapi::router())
         .merge(routes::ops::router())
         .merge(routes::policy::router())
         .fallback(no_route)

@@ -6,6 +6,7 @@ pub mod credentials;
 pub mod devices;
 pub mod events;
 pub mod keys;
+pub mod openapi;
 pub mod ops;
 pub mod pairings;
 pub mod policy;

@@ -38,7 +38,13 @@ use signet::webauthn::{
 PKCS#11 HSM slot or a TPM 2.0. This command holds the security officer's tools and \
 the support engineer's offline verifier.\n\n\
 PINs are never given on the command line: a profile names a PIN file (mode 0600) \
-or an environment variable."
+or an environment variable.",
+    after_help = "Examples:\n  \
+signet serve --config /etc/signet/signet.toml --check\n  \
+signet serve --config /etc/signet/signet.toml\n  \
+signet hsm list --profile hsm-profiles/softhsm.toml\n  \
+signet audit verify --data-dir /var/lib/signet/data --profile /etc/signet/hsm/profile.toml\n  \
+signet hsm rotate --help"
 )]
 struct Cli {
     /// Log filter for stderr (e.g. info, signet=debug); RUST_LOG also works.
@@ -56,10 +62,19 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the service: the mutual-TLS JSON API (see README, "API").
+    #[command(after_help = "Examples:\n  \
+signet serve --config /etc/signet/signet.toml --check\n  \
+signet serve --config /etc/signet/signet.toml\n  \
+signet serve --config var/dev/signet.toml --log signet=debug,info --log-json")]
     Serve(ServeArgs),
     /// Serve the FIDO Server Conformance Test API over HTTPS for the
     /// certification tool, forwarding to a signet over mutual TLS (test labs
     /// only; the appliance itself never listens without client authentication).
+    #[command(after_help = "Examples:\n  \
+signet conformance-proxy --upstream https://localhost:8443 --client-cert var/dev/pki/rp.pem \
+--client-key var/dev/pki/rp.key --ca var/dev/pki/ca.pem\n  \
+signet conformance-proxy --listen 0.0.0.0:8444 --upstream https://signet.bank.example:8443 \
+--client-cert rp.pem --client-key rp.key --ca ca.pem --cert proxy.pem --key proxy.key")]
     ConformanceProxy(signet::conformance_proxy::ProxyArgs),
     /// Play the bank's app end to end against a running signet: enroll a
     /// device, bind a passkey to it with a registration token, log in with
@@ -80,34 +95,77 @@ pki/ca.pem                  the dev CA that signed signet's server certificate\n
 pki/rp.pem, pki/rp.key      the rp client certificate and its key\n  \
 keys/token-signing.pem      the pinned token-signing public key (SPKI PEM)\n  \
 keys/token-encryption.pem   the pinned token-encryption public key (SPKI PEM)\n\
-scripts/dev-up writes both with `signet hsm export --role ROLE --format pem`.\n\n\
-Example:\n  signet device-sim --server https://localhost:8443 --dev-dir var/dev"
+scripts/dev-up writes both with `signet hsm export --role ROLE --format pem`.",
+        after_help = "Examples:\n  \
+signet device-sim --server https://localhost:8443 --dev-dir var/dev\n  \
+signet device-sim --server https://localhost:8443 --dev-dir var/dev --user alice@example.com --json"
     )]
     DeviceSim(signet::device_sim::DeviceSimArgs),
     /// Provision and manage the backend keys in an HSM slot or a TPM.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  \
+signet hsm init --profile hsm-profiles/softhsm.toml\n  \
+signet hsm list --profile /etc/signet/hsm/profile.toml --json\n  \
+signet hsm rotate --profile /etc/signet/hsm/profile.toml --role token-signing \
+--data-dir /var/lib/signet/data"
+    )]
     Hsm(HsmCommand),
     /// Verify a captured WebAuthn ceremony offline with the service's engine,
     /// and print the verdict as JSON.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  \
+signet verify registration --rp-id bank.example --origin https://bank.example \
+--challenge cmVnaXN0ZXItY2hhbGxlbmdl registration.json\n  \
+signet verify assertion --rp-id bank.example --origin https://bank.example \
+--challenge bG9naW4tY2hhbGxlbmdl --credential-key \"$(jq -r .credentialPublicKey registered.json)\" \
+assertion.json"
+    )]
     Verify(VerifyCommand),
     /// Check the audit log in a data directory.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  \
+signet audit verify --data-dir /var/lib/signet/data --profile /etc/signet/hsm/profile.toml"
+    )]
     Audit(AuditCommand),
     /// FIDO Metadata Service: install and inspect the metadata catalog in a
     /// data directory (with the service stopped).
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  \
+signet mds fetch --config /etc/signet/signet.toml\n  \
+signet mds import blob.jwt --data-dir /var/lib/signet/data\n  \
+signet mds status --config /etc/signet/signet.toml",
+        mut_subcommands(mds_examples)
+    )]
     Mds(mds_cmd::MdsCommand),
     /// The trust policy file: check it, explain the tier a model earns, and
     /// simulate a new policy against the stored credentials.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  \
+signet policy check /var/lib/signet/policy.toml\n  \
+signet policy explain --aaguid ee882879-721c-4913-9775-3dfcce97072a --attested\n  \
+signet policy simulate new-policy.toml --config /etc/signet/signet.toml",
+        mut_subcommands(policy_examples)
+    )]
     Policy(policy_cmd::PolicyCommand),
     /// Verify approval evidence offline: verification-log records (and
     /// Airlock IAM's), with no service, store or key device.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  \
+signet evidence verify --key approval-countersign.pem receipt.cose\n  \
+signet evidence verify --rp-id bank.example /var/log/signet/verification.jsonl"
+    )]
     Evidence(evidence_cmd::EvidenceCommand),
     /// Measure the engine's verification rate on this machine (one thread)
     /// against a bare P-256 signature verification.
+    #[command(after_help = "Examples:\n  \
+signet speed\n  \
+signet speed --seconds 10 --json")]
     Speed {
         /// How long to measure, in seconds (at most 600).
         #[arg(long, default_value_t = 3.0, value_parser = parse_seconds)]
@@ -158,6 +216,9 @@ struct OfficerAudit {
 enum HsmCommand {
     /// Create the missing role keys (idempotent): token-signing, token-encryption,
     /// approval-countersign, audit-checkpoint.
+    #[command(after_help = "Examples:\n  \
+signet hsm init --profile hsm-profiles/softhsm.toml\n  \
+signet hsm init --profile /etc/signet/hsm/profile.toml --data-dir /var/lib/signet/data")]
     Init {
         #[command(flatten)]
         common: Common,
@@ -165,9 +226,16 @@ enum HsmCommand {
         audit: OfficerAudit,
     },
     /// List signet's keys with the protection attributes read back from the device.
+    #[command(after_help = "Examples:\n  \
+signet hsm list --profile hsm-profiles/softhsm.toml\n  \
+signet hsm list --profile hsm-profiles/swtpm.toml --json")]
     List(Common),
     /// Add a new version of a role's key; it becomes active and the previous one
     /// stays for verification until retired.
+    #[command(after_help = "Examples:\n  \
+signet hsm rotate --profile hsm-profiles/softhsm.toml --role token-signing\n  \
+signet hsm rotate --profile /etc/signet/hsm/profile.toml --role audit-checkpoint \
+--data-dir /var/lib/signet/data")]
     Rotate {
         #[command(flatten)]
         common: Common,
@@ -178,6 +246,10 @@ enum HsmCommand {
         audit: OfficerAudit,
     },
     /// Disable a verify-only key on the device for good (the active key cannot be retired).
+    #[command(after_help = "Examples:\n  \
+signet hsm retire --profile hsm-profiles/softhsm.toml --kid v7AWqAZLIOp1T_xHW9Xinw\n  \
+signet hsm retire --profile /etc/signet/hsm/profile.toml --kid v7AWqAZLIOp1T_xHW9Xinw \
+--data-dir /var/lib/signet/data --json")]
     Retire {
         #[command(flatten)]
         common: Common,
@@ -188,6 +260,10 @@ enum HsmCommand {
         audit: OfficerAudit,
     },
     /// Print a role's active public key for pinning.
+    #[command(after_help = "Examples:\n  \
+signet hsm export --profile hsm-profiles/softhsm.toml --role token-signing\n  \
+signet hsm export --profile hsm-profiles/softhsm.toml --role token-encryption --format jwk\n  \
+signet hsm export --profile /etc/signet/hsm/profile.toml --role audit-checkpoint > audit-checkpoint.pem")]
     Export {
         #[command(flatten)]
         common: Common,
@@ -198,6 +274,9 @@ enum HsmCommand {
         format: ExportFormat,
     },
     /// Print a PKCS#10 request for a role's active key, signed by that key.
+    #[command(after_help = "Examples:\n  \
+signet hsm csr --profile /etc/signet/hsm/profile.toml --role approval-countersign \
+--subject \"CN=signet approvals,O=Example Bank,C=CH\" > approvals.csr")]
     Csr {
         #[command(flatten)]
         common: Common,
@@ -209,6 +288,11 @@ enum HsmCommand {
     },
     /// Print a certificate for a role's active key: self-signed for signing roles;
     /// token-encryption (which cannot sign) is certified by the token-signing key.
+    #[command(after_help = "Examples:\n  \
+signet hsm self-cert --profile hsm-profiles/softhsm.toml --role token-signing \
+--subject \"CN=signet tokens,O=Example Bank\" --days 365\n  \
+signet hsm self-cert --profile /etc/signet/hsm/profile.toml --role token-encryption \
+--subject \"CN=signet token encryption,O=Example Bank\" > /etc/signet/key-certs/token-encryption.pem")]
     SelfCert {
         #[command(flatten)]
         common: Common,
@@ -234,7 +318,14 @@ This command is for looking at real devices, so it is more lenient than the serv
 attestation format and every credential algorithm the engine knows is accepted, and an x5c that \
 carries its own root is accepted. The attestation statement is always verified in full. Without \
 --root nothing is anchored (\"anchored\": false); with --root, a chain that does not lead to one of \
-the roots is a rejection."
+the roots is a rejection.",
+        after_help = "Examples:\n  \
+signet verify registration --rp-id bank.example --origin https://bank.example \
+--challenge cmVnaXN0ZXItY2hhbGxlbmdl registration.json > registered.json\n  \
+signet verify registration --rp-id bank.example --origin https://bank.example \
+--origin android:apk-key-hash:Ow4Wl5KdcEqhVQ8Xfo2CqhbJvS9UpCpPDeWNdQ6a6Tg \
+--challenge cmVnaXN0ZXItY2hhbGxlbmdl --root yubico-u2f-root.pem --at 2025-01-01T00:00:00Z \
+registration.json"
     )]
     Registration {
         #[command(flatten)]
@@ -253,6 +344,14 @@ the roots is a rejection."
     },
     /// Verify an assertion (navigator.credentials.get()) with the credential's
     /// public key, and print the new counter and flags.
+    #[command(after_help = "Examples:\n  \
+signet verify assertion --rp-id bank.example --origin https://bank.example \
+--challenge bG9naW4tY2hhbGxlbmdl --sign-count 41 --credential-key \
+pQECAyYgASFYIGsX0fLhLEJH-Lzm5WOkQPJ3A32BLeszoPShOUXYmMKWIlggT-NC4v4af5uO5-tKfA-eFivOM1drMV7Oy7ZAaDe_UfU \
+assertion.json\n  \
+signet verify assertion --rp-id bank.example --origin https://bank.example --require-uv \
+--challenge bG9naW4tY2hhbGxlbmdl --credential-key \"$(jq -r .credentialPublicKey registered.json)\" - \
+< assertion.json")]
     Assertion {
         #[command(flatten)]
         ceremony: Ceremony,
@@ -288,7 +387,10 @@ with --profile (retired ones included), and/or SPKI PEM files with --checkpoint-
 `signet hsm export --role audit-checkpoint` prints them. A checkpoint by any other key is a \
 finding, so with no keys at all any checkpoint fails.\n\n\
 The store is opened read-write, because sled has no read-only mode; nothing is written. sled \
-locks the directory: stop the service first, or verify a copy of the directory."
+locks the directory: stop the service first, or verify a copy of the directory.",
+        after_help = "Examples:\n  \
+signet audit verify --data-dir /var/lib/signet/data --profile /etc/signet/hsm/profile.toml\n  \
+signet audit verify --data-dir /srv/backup/signet-data --checkpoint-key audit-checkpoint.pem --json"
     )]
     Verify {
         /// The service's data directory.
@@ -329,6 +431,57 @@ struct Ceremony {
     /// The browser's PublicKeyCredential.toJSON() output, or - for stdin.
     #[arg(value_name = "FILE")]
     file: PathBuf,
+}
+
+/// Examples for the `signet mds` subcommands, which are declared in
+/// mds_cmd.rs: attached here so that every command's help has them.
+fn mds_examples(c: clap::Command) -> clap::Command {
+    let examples = match c.get_name() {
+        "import" => {
+            "Examples:\n  \
+signet mds import blob.jwt --data-dir /var/lib/signet/data\n  \
+signet mds import archived-blob.jwt --at 2025-06-01T00:00:00Z --crl root-r3.crl \
+--crl gsextendvalsha2g3r3.crl --config /etc/signet/signet.toml"
+        }
+        "fetch" => {
+            "Examples:\n  \
+signet mds fetch --config /etc/signet/signet.toml\n  \
+signet mds fetch --url https://mds3.fidoalliance.org/ --proxy http://proxy.example:3128 \
+--data-dir /var/lib/signet/data --json"
+        }
+        "show" => {
+            "Examples:\n  \
+signet mds show ee882879-721c-4913-9775-3dfcce97072a --config /etc/signet/signet.toml\n  \
+signet mds show ee882879721c491397753dfcce97072a --data-dir var/dev/data --json"
+        }
+        "status" => {
+            "Examples:\n  \
+signet mds status --config /etc/signet/signet.toml\n  \
+signet mds status --data-dir var/dev/data --json"
+        }
+        _ => return c,
+    };
+    c.after_help(examples)
+}
+
+/// Examples for the `signet policy` subcommands declared in policy_cmd.rs
+/// that have none of their own.
+fn policy_examples(c: clap::Command) -> clap::Command {
+    let examples = match c.get_name() {
+        "check" => {
+            "Examples:\n  \
+signet policy check /var/lib/signet/policy.toml\n  \
+signet policy check new-policy.toml --json"
+        }
+        "explain" => {
+            "Examples:\n  \
+signet policy explain --aaguid ee882879-721c-4913-9775-3dfcce97072a --attested\n  \
+signet policy explain --aaguid ee882879-721c-4913-9775-3dfcce97072a --attested --be \
+--policy /var/lib/signet/policy.toml --data-dir /var/lib/signet/data --json"
+        }
+        _ => return c,
+    };
+    c.after_help(examples)
 }
 
 /// Decoded base64url. A newtype, because clap reads a `Vec` field as a

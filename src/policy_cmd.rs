@@ -48,7 +48,7 @@ pub enum PolicyCommand {
     /// running service, POST /v1/policy/simulation does the same).
     #[command(after_help = "Examples:\n  \
         signet policy simulate new-policy.toml --config /etc/signet/signet.toml\n  \
-        signet policy simulate new.toml --current old.toml --data-dir /var/lib/signet --json")]
+        signet policy simulate new.toml --current old.toml --data-dir /var/lib/signet/data --json")]
     Simulate {
         /// The candidate policy file.
         file: PathBuf,

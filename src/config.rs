@@ -809,21 +809,34 @@ fn build(
 
 fn pairing_settings(p: &RawPairing, rp: &RpSettings) -> Result<PairingSettings, ConfigError> {
     // Without a link, the RP's first https origin serves the page (else
-    // the RP ID's host): /pair.
+    // an http://localhost one, else the RP ID's host): /pair.
     let link = match &p.link {
         Some(l) => l.clone(),
-        None => match rp.origins.iter().find(|o| o.starts_with("https://")) {
+        None => match rp
+            .origins
+            .iter()
+            .find(|o| o.starts_with("https://"))
+            .or_else(|| {
+                rp.origins
+                    .iter()
+                    .find(|o| o.starts_with("http://localhost"))
+            }) {
             Some(o) => format!("{o}/pair"),
             None => format!("https://{}/pair", rp.id),
         },
     };
     let url = reqwest::Url::parse(&link)
         .map_err(|e| ConfigError::new("pairing.link", format!("{link:?} is not a URL: {e}")))?;
-    if url.scheme() != "https" || url.fragment().is_some() || link.contains('#') {
+    // As for origins: plain http only on localhost, which browsers treat
+    // as a secure context (development and the demo bank).
+    let secure =
+        url.scheme() == "https" || (url.scheme() == "http" && url.host_str() == Some("localhost"));
+    if !secure || url.fragment().is_some() || link.contains('#') {
         return Err(ConfigError::new(
             "pairing.link",
             format!(
-                "{link:?} must be an https URL without a fragment (signet appends #pairing=...&code=...)"
+                "{link:?} must be an https URL (or http://localhost) without a fragment \
+                 (signet appends #pairing=...&code=...)"
             ),
         ));
     }
@@ -1003,6 +1016,48 @@ fn validate_origin(origin: &str, rp_id: &str, key: &str) -> Result<(), ConfigErr
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn pairing_link_is_https_or_http_on_localhost_without_a_fragment() {
+        let rp = |origins: &[&str]| RpSettings {
+            id: "localhost".into(),
+            name: "t".into(),
+            origins: origins.iter().map(|o| o.to_string()).collect(),
+            ceremony_timeout_ms: 1000,
+            algorithms: Vec::new(),
+        };
+        let link = |given: Option<&str>, origins: &[&str]| {
+            pairing_settings(
+                &RawPairing {
+                    link: given.map(str::to_string),
+                    ..RawPairing::default()
+                },
+                &rp(origins),
+            )
+            .map(|p| p.link)
+        };
+        let both = ["http://localhost:8080", "https://localhost:8443"];
+        assert_eq!(link(None, &both).unwrap(), "https://localhost:8443/pair");
+        assert_eq!(
+            link(None, &["http://localhost:8080"]).unwrap(),
+            "http://localhost:8080/pair"
+        );
+        assert_eq!(
+            link(None, &["android:apk-key-hash:x"]).unwrap(),
+            "https://localhost/pair"
+        );
+        assert!(link(Some("http://localhost:9/p"), &both).is_ok());
+        for bad in [
+            "http://bank.example/pair",
+            "http://127.0.0.1/pair",
+            "https://bank.example/pair#x",
+            "ftp://localhost/pair",
+            "not a url",
+        ] {
+            let e = link(Some(bad), &both).expect_err(bad);
+            assert_eq!(e.key, "pairing.link", "{bad}");
+        }
+    }
+
     use super::*;
 
     const MINIMAL: &str = r#"

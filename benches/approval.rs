@@ -22,7 +22,7 @@
 //! by `[transactions] verification_log`, so both variants see the same
 //! machine and disk, and their difference is the log's cost.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Value, json};
@@ -34,7 +34,7 @@ use signet::webauthn::cose_key::VerifyingKey;
 use signet::webauthn::{CoseAlgorithm, b64url_decode};
 
 mod common;
-use common::{Row, Stats, flow_services, parse_args, print_json, share, timed_loop, usage};
+use common::{Backends, Row, Stats, flow_services, parse_args, share, timed_loop, usage};
 
 const RP_ID: &str = "localhost";
 const ORIGIN: &str = "https://localhost";
@@ -406,17 +406,7 @@ fn backend(label: &str, path: &Path, profile: &Profile, s: f64) -> Vec<(String, 
 fn main() {
     let args = parse_args("approval");
     let s = args.seconds;
-    // Load the profiles and apply their environment (SOFTHSM2_CONF) before
-    // any thread exists: sled, the PKCS#11 workers and the TPM worker all
-    // start later.
-    let load = |p: &PathBuf| {
-        let profile = Profile::load(p).unwrap_or_else(|e| usage("approval", &e.to_string()));
-        // SAFETY: single-threaded here: no backend, store or thread exists yet.
-        unsafe { profile.apply_env() };
-        profile
-    };
-    let softhsm = args.softhsm.as_ref().map(|p| (p, load(p)));
-    let tpm = args.tpm.as_ref().map(|p| (p, load(p)));
+    let backends = Backends::load("approval", &args);
 
     println!(
         "signet transaction-approval benchmark: {s} s per measurement, single thread (one \
@@ -435,12 +425,5 @@ fn main() {
          cached listing. Both pay audit checkpoints (one signature per 1000 records or 60 s)\n\
          as the service does."
     );
-    let mut all = Vec::new();
-    if let Some((path, profile)) = &softhsm {
-        all.extend(backend("SoftHSM", path, profile, s));
-    }
-    if let Some((path, profile)) = &tpm {
-        all.extend(backend("swtpm", path, profile, s));
-    }
-    print_json(&all);
+    backends.run(|label, path, profile| backend(label, path, profile, s));
 }

@@ -13,7 +13,7 @@
 //! One thread, in process: a `Services` over a fresh `SledStore` in a temp
 //! dir and the profile's keys, called the way the API handlers call it.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Instant, SystemTime};
 
 use serde_json::{Value, json};
@@ -23,7 +23,7 @@ use signet::testkit::device::{SoftDevice, create_passkey};
 use signet::webauthn::{b64url, b64url_decode};
 
 mod common;
-use common::{Row, flow_services, parse_args, print_json, share, timed_each, timed_loop, usage};
+use common::{Backends, Row, flow_services, parse_args, share, timed_each, timed_loop, usage};
 
 const ORIGIN: &str = "https://localhost";
 const ACTOR: &str = "client:bench";
@@ -232,17 +232,7 @@ fn backend(label: &str, path: &Path, profile: &Profile, s: f64) -> Vec<(String, 
 fn main() {
     let args = parse_args("device");
     let s = args.seconds;
-    // Load the profiles and apply their environment (SOFTHSM2_CONF) before
-    // any thread exists: sled, the PKCS#11 workers and the TPM worker all
-    // start later.
-    let load = |p: &PathBuf| {
-        let profile = Profile::load(p).unwrap_or_else(|e| usage("device", &e.to_string()));
-        // SAFETY: single-threaded here: no backend, store or thread exists yet.
-        unsafe { profile.apply_env() };
-        profile
-    };
-    let softhsm = args.softhsm.as_ref().map(|p| (p, load(p)));
-    let tpm = args.tpm.as_ref().map(|p| (p, load(p)));
+    let backends = Backends::load("device", &args);
 
     println!(
         "signet device-binding benchmark: {s} s per measurement, single thread (one caller, \
@@ -258,12 +248,5 @@ fn main() {
          uncached listing of the device costs). Both pay audit checkpoints (one signature per\n\
          1000 records or 60 s) as the service does."
     );
-    let mut all = Vec::new();
-    if let Some((path, profile)) = &softhsm {
-        all.extend(backend("SoftHSM", path, profile, s));
-    }
-    if let Some((path, profile)) = &tpm {
-        all.extend(backend("swtpm", path, profile, s));
-    }
-    print_json(&all);
+    backends.run(|label, path, profile| backend(label, path, profile, s));
 }

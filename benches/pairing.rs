@@ -24,7 +24,7 @@
 //! alternate with plain logins (options timed, assertion untimed, verify
 //! timed), so both see the same machine and disk.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Value, json};
@@ -36,7 +36,7 @@ use signet::webauthn::cose_key::VerifyingKey;
 use signet::webauthn::{CoseAlgorithm, b64url_decode};
 
 mod common;
-use common::{Row, Stats, flow_services, parse_args, print_json, share, timed_loop, usage};
+use common::{Backends, Row, Stats, flow_services, parse_args, share, timed_loop, usage};
 
 const RP_ID: &str = "localhost";
 const ORIGIN: &str = "https://localhost";
@@ -449,17 +449,7 @@ fn backend(label: &str, path: &Path, profile: &Profile, s: f64) -> Vec<(String, 
 fn main() {
     let args = parse_args("pairing");
     let s = args.seconds;
-    // Load the profiles and apply their environment (SOFTHSM2_CONF) before
-    // any thread exists: sled, the PKCS#11 workers and the TPM worker all
-    // start later.
-    let load = |p: &PathBuf| {
-        let profile = Profile::load(p).unwrap_or_else(|e| usage("pairing", &e.to_string()));
-        // SAFETY: single-threaded here: no backend, store or thread exists yet.
-        unsafe { profile.apply_env() };
-        profile
-    };
-    let softhsm = args.softhsm.as_ref().map(|p| (p, load(p)));
-    let tpm = args.tpm.as_ref().map(|p| (p, load(p)));
+    let backends = Backends::load("pairing", &args);
 
     println!(
         "signet cross-device (QR) login benchmark: {s} s per raw measurement, {} s for the \
@@ -485,12 +475,5 @@ fn main() {
          its two (ops/s of those rows = 1 / their mean latency). The key device signs only the\n\
          audit checkpoints (one signature per 1000 records or 60 s), paid as the service does."
     );
-    let mut all = Vec::new();
-    if let Some((path, profile)) = &softhsm {
-        all.extend(backend("SoftHSM", path, profile, s));
-    }
-    if let Some((path, profile)) = &tpm {
-        all.extend(backend("swtpm", path, profile, s));
-    }
-    print_json(&all);
+    backends.run(|label, path, profile| backend(label, path, profile, s));
 }

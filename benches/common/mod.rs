@@ -213,3 +213,45 @@ pub fn flow_services(
     let policy = signet::policy::tiers::Policy::parse(policy).expect("policy");
     signet::flows::Services::new(&config, store, std::sync::Arc::new(ring), policy)
 }
+
+/// The key devices a flow bench runs on: the profiles given, loaded, with
+/// their environment (SOFTHSM2_CONF) applied.
+pub struct Backends {
+    softhsm: Option<(PathBuf, signet::keys::Profile)>,
+    tpm: Option<(PathBuf, signet::keys::Profile)>,
+}
+
+impl Backends {
+    /// Loads the profiles of `args`. Call it before any thread exists:
+    /// sled, the PKCS#11 workers and the TPM worker all start later.
+    pub fn load(bench: &str, args: &Args) -> Backends {
+        let load = |p: &PathBuf| {
+            let profile =
+                signet::keys::Profile::load(p).unwrap_or_else(|e| usage(bench, &e.to_string()));
+            // SAFETY: single-threaded here: no backend, store or thread
+            // exists yet.
+            unsafe { profile.apply_env() };
+            (p.clone(), profile)
+        };
+        Backends {
+            softhsm: args.softhsm.as_ref().map(load),
+            tpm: args.tpm.as_ref().map(load),
+        }
+    }
+
+    /// Runs `bench` on SoftHSM, then on swtpm (those given), and prints
+    /// every row as one JSON line.
+    pub fn run(
+        &self,
+        bench: impl Fn(&str, &std::path::Path, &signet::keys::Profile) -> Vec<(String, Row)>,
+    ) {
+        let mut all = Vec::new();
+        if let Some((path, profile)) = &self.softhsm {
+            all.extend(bench("SoftHSM", path, profile));
+        }
+        if let Some((path, profile)) = &self.tpm {
+            all.extend(bench("swtpm", path, profile));
+        }
+        print_json(&all);
+    }
+}

@@ -462,6 +462,54 @@ async fn logout(State(bank): State<Shared>, Extension(sid): Extension<SessionId>
     Json(json!({"user": null})).into_response()
 }
 
+/// Which ceremony of the session a step is about: the slot its id is kept
+/// in between the options and the verification.
+type Slot = fn(&mut Session) -> &mut Option<String>;
+
+fn registration_slot(s: &mut Session) -> &mut Option<String> {
+    &mut s.registration
+}
+
+fn authentication_slot(s: &mut Session) -> &mut Option<String> {
+    &mut s.authentication
+}
+
+/// Asks signet for options (`request` to `path`), keeps the ceremony id in
+/// the session's `slot`, and gives the page only `publicKey`.
+async fn open_ceremony(
+    bank: &Bank,
+    sid: &SessionId,
+    path: &str,
+    request: &Value,
+    slot: Slot,
+) -> Result<Response, Refusal> {
+    let (status, answer) = bank.call(Method::POST, path, &[], Some(request)).await?;
+    if !status.is_success() {
+        return Ok(relay((status, answer)));
+    }
+    let ceremony = str_of(&answer, "ceremonyId").map(str::to_string);
+    bank.with(sid, |s| *slot(s) = ceremony);
+    Ok(Json(json!({"publicKey": answer["publicKey"]})).into_response())
+}
+
+/// Takes the ceremony id out of the session's `slot` (a ceremony is
+/// answered once) and posts it with the page's `credential` to `path`.
+async fn finish_ceremony(
+    bank: &Bank,
+    sid: &SessionId,
+    path: &str,
+    body: &Value,
+    slot: Slot,
+    none: &str,
+) -> Result<Answer, Refusal> {
+    let credential = member(body, "credential")?.clone();
+    let ceremony = bank
+        .with(sid, |s| slot(s).take())
+        .ok_or_else(|| problem(StatusCode::CONFLICT, none))?;
+    let request = json!({"ceremonyId": ceremony, "credential": credential});
+    bank.call(Method::POST, path, &[], Some(&request)).await
+}
+
 /// `{username}` -> signet's creation options. Attestation "direct", so the
 /// answer says what the authenticator sent (`fmt`); the demo policy accepts
 /// unknown models (tier 4).
@@ -475,20 +523,14 @@ async fn registration_options(
         "user": {"name": name, "displayName": name},
         "attestation": "direct",
     });
-    let (status, answer) = bank
-        .call(
-            Method::POST,
-            "/v1/registrations/options",
-            &[],
-            Some(&request),
-        )
-        .await?;
-    if !status.is_success() {
-        return Ok(relay((status, answer)));
-    }
-    let ceremony = str_of(&answer, "ceremonyId").map(str::to_string);
-    bank.with(&sid, |s| s.registration = ceremony);
-    Ok(Json(json!({"publicKey": answer["publicKey"]})).into_response())
+    open_ceremony(
+        &bank,
+        &sid,
+        "/v1/registrations/options",
+        &request,
+        registration_slot,
+    )
+    .await
 }
 
 /// `{credential}` (the browser's toJSON()) -> signet's verdict, as is.
@@ -497,20 +539,16 @@ async fn registration_verify(
     Extension(sid): Extension<SessionId>,
     Json(body): Json<Value>,
 ) -> Result<Response, Refusal> {
-    let credential = member(&body, "credential")?.clone();
-    let ceremony = bank
-        .with(&sid, |s| s.registration.take())
-        .ok_or_else(|| problem(StatusCode::CONFLICT, "no registration in progress"))?;
-    let request = json!({"ceremonyId": ceremony, "credential": credential});
-    Ok(relay(
-        bank.call(
-            Method::POST,
-            "/v1/registrations/verify",
-            &[],
-            Some(&request),
-        )
-        .await?,
-    ))
+    finish_ceremony(
+        &bank,
+        &sid,
+        "/v1/registrations/verify",
+        &body,
+        registration_slot,
+        "no registration in progress",
+    )
+    .await
+    .map(relay)
 }
 
 /// `{username?}` -> request options (for that user's credentials, or
@@ -526,20 +564,14 @@ async fn authentication_options(
     } else {
         json!({"user": {"name": name}})
     };
-    let (status, answer) = bank
-        .call(
-            Method::POST,
-            "/v1/authentications/options",
-            &[],
-            Some(&request),
-        )
-        .await?;
-    if !status.is_success() {
-        return Ok(relay((status, answer)));
-    }
-    let ceremony = str_of(&answer, "ceremonyId").map(str::to_string);
-    bank.with(&sid, |s| s.authentication = ceremony);
-    Ok(Json(json!({"publicKey": answer["publicKey"]})).into_response())
+    open_ceremony(
+        &bank,
+        &sid,
+        "/v1/authentications/options",
+        &request,
+        authentication_slot,
+    )
+    .await
 }
 
 /// `{credential}` -> signet's verdict; on 200 the session is logged in.
@@ -548,19 +580,15 @@ async fn authentication_verify(
     Extension(sid): Extension<SessionId>,
     Json(body): Json<Value>,
 ) -> Result<Response, Refusal> {
-    let credential = member(&body, "credential")?.clone();
-    let ceremony = bank
-        .with(&sid, |s| s.authentication.take())
-        .ok_or_else(|| problem(StatusCode::CONFLICT, "no login in progress"))?;
-    let request = json!({"ceremonyId": ceremony, "credential": credential});
-    let (status, answer) = bank
-        .call(
-            Method::POST,
-            "/v1/authentications/verify",
-            &[],
-            Some(&request),
-        )
-        .await?;
+    let (status, answer) = finish_ceremony(
+        &bank,
+        &sid,
+        "/v1/authentications/verify",
+        &body,
+        authentication_slot,
+        "no login in progress",
+    )
+    .await?;
     if status == StatusCode::OK {
         log_in(&bank, &sid, &answer);
     }

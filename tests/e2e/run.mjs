@@ -176,7 +176,7 @@ function verifyReceipt(file) {
 // ---------------------------------------------------------------------------
 
 async function main() {
-  console.log(`e2e: demo bank ${DEMO_URL}, browser ${CHROMIUM}`);
+  console.log(`e2e: demo bank ${DEMO_URL}, browser ${CHROMIUM}, node ${process.version}`);
   console.log(`e2e: downloads and failure screenshots go to ${ARTIFACTS}`);
 
   // ---- a platform passkey (CTAP2, internal, resident, UV) ----

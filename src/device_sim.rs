@@ -34,7 +34,6 @@ use serde_json::{Value, json};
 
 use crate::files::one_line;
 use crate::keys::{EcPublicKey, Kid};
-use crate::testkit::Ceremony;
 use crate::testkit::device::SoftDevice;
 use crate::webauthn::{b64url, b64url_decode};
 
@@ -343,13 +342,13 @@ fn simulate(args: &DeviceSimArgs, steps: &mut Steps) -> Result<Bound, Failure> {
             &json!({ "user": { "name": user } }),
         )
         .at(step::LOGIN)?;
-    let challenge = text(&request, "/publicKey/challenge").at(step::LOGIN)?;
-    let challenge = b64url_decode("publicKey.challenge", &challenge, 64).at(step::LOGIN)?;
-    let assertion = authenticator.assert(&Ceremony::new(&rp_id, &origin, &challenge));
+    let assertion =
+        crate::testkit::browser::get(&mut authenticator, &rp_id, &request["publicKey"], &origin)
+            .at(step::LOGIN)?;
     let logged_in = api
         .post(
             "/v1/authentications/verify",
-            &json!({ "ceremonyId": request["ceremonyId"], "credential": assertion.to_json() }),
+            &json!({ "ceremonyId": request["ceremonyId"], "credential": assertion }),
         )
         .at(step::LOGIN)?;
     if let (Some(expected), Some(got)) = (&user_id, logged_in["userId"].as_str())

@@ -1,5 +1,7 @@
 pub mod api;
 pub mod audit;
+#[cfg(feature = "testkit")]
+pub mod authenticator_cmd;
 pub mod config;
 pub mod conformance_proxy;
 pub mod device_attestation;

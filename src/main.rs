@@ -101,6 +101,28 @@ signet device-sim --server https://localhost:8443 --dev-dir var/dev\n  \
 signet device-sim --server https://localhost:8443 --dev-dir var/dev --user alice@example.com --json"
     )]
     DeviceSim(signet::device_sim::DeviceSimArgs),
+    /// A soft FIDO2 authenticator for walking the ceremonies with curl:
+    /// signet's options on stdin, the request body to send on stdout (test
+    /// builds only: cargo feature testkit).
+    #[cfg(feature = "testkit")]
+    #[command(
+        subcommand,
+        long_about = "A soft FIDO2 authenticator that plays the browser too, for walking the \
+ceremonies with curl (README, \"Ten-minute tour\"). It reads one of signet's answers on stdin \
+(registration or authentication options with their ceremonyId, a created transaction, a pairing \
+claim: anything with a publicKey member, or bare options) and prints the JSON body to send next: \
+{\"ceremonyId\", \"credential\"} when the input had a ceremonyId, else {\"credential\"}. The \
+credential is the WebAuthn Level 3 toJSON() a browser would produce. `create` makes an ES256 \
+credential and keeps it in a new state file (mode 0600: it holds the private key, which no real \
+authenticator would allow); `get` signs with it, refusing options for another RP or an \
+allowCredentials list without it, and saves the advanced counter before printing. Errors name \
+the member at fault and exit 1.",
+        after_help = "Examples:\n  \
+signet authenticator create --state alice.json < registration-options.json > registration-verify.json\n  \
+signet authenticator get --state alice.json < options.json > verify.json\n  \
+signet authenticator create --state bob.json --origin https://localhost:8443 --attestation packed < options.json"
+    )]
+    Authenticator(signet::authenticator_cmd::AuthenticatorCommand),
     /// Provision and manage the backend keys in an HSM slot or a TPM.
     #[command(
         subcommand,
@@ -547,6 +569,10 @@ fn main() -> ExitCode {
     if let Command::DeviceSim(args) = cli.command {
         return signet::device_sim::run(args);
     }
+    #[cfg(feature = "testkit")]
+    if let Command::Authenticator(command) = cli.command {
+        return signet::authenticator_cmd::run(command);
+    }
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -672,6 +698,8 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::ConformanceProxy(args) => return signet::conformance_proxy::run(args),
         #[cfg(feature = "testkit")]
         Command::DeviceSim(_) => anyhow::bail!("device-sim is dispatched before run"),
+        #[cfg(feature = "testkit")]
+        Command::Authenticator(_) => anyhow::bail!("authenticator is dispatched before run"),
         Command::Evidence(_) => anyhow::bail!("evidence is dispatched before run"),
         Command::Verify(verify) => return run_verify(verify),
         Command::Audit(audit) => return run_audit(audit),

@@ -234,20 +234,6 @@ pub fn create_passkey(
     options: &Value,
     origin: &str,
 ) -> Result<(super::SoftAuthenticator, Value), DeviceError> {
-    let text = |name: &str| {
-        options
-            .pointer(name)
-            .and_then(Value::as_str)
-            .ok_or_else(|| DeviceError::Options(format!("{name} is missing")))
-    };
-    let challenge = b64url_decode("challenge", text("/challenge")?, 64)
-        .map_err(|e| DeviceError::Options(e.to_string()))?;
-    let mut auth = super::SoftAuthenticator::new(crate::webauthn::CoseAlgorithm::Es256);
-    auth.user_handle = b64url_decode("user.id", text("/user/id")?, 64)
-        .map_err(|e| DeviceError::Options(e.to_string()))?;
-    let parts = auth.register(
-        &super::Ceremony::new(text("/rp/id")?, origin, &challenge),
-        &super::Attestation::None,
-    );
-    Ok((auth, parts.to_json()))
+    super::browser::create(options, origin, &super::Attestation::None)
+        .map_err(|e| DeviceError::Options(e.to_string()))
 }

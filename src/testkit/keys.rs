@@ -72,6 +72,29 @@ impl SigningKey {
         self.alg
     }
 
+    /// An ES256 key as PKCS#8 DER, for a soft authenticator that keeps its
+    /// credential between runs (`signet authenticator`); `None` for other
+    /// algorithms.
+    pub fn es256_pkcs8(&self) -> Option<zeroize::Zeroizing<Vec<u8>>> {
+        match (&self.inner, self.alg) {
+            (Inner::Ec(pair), CoseAlgorithm::Es256) => pair
+                .to_pkcs8v1()
+                .ok()
+                .map(|doc| zeroize::Zeroizing::new(doc.as_ref().to_vec())),
+            _ => None,
+        }
+    }
+
+    /// The ES256 key [`SigningKey::es256_pkcs8`] wrote.
+    pub fn es256_from_pkcs8(der: &[u8]) -> Result<SigningKey, String> {
+        EcdsaKeyPair::from_pkcs8(&sig::ECDSA_P256_SHA256_ASN1_SIGNING, der)
+            .map(|pair| SigningKey {
+                alg: CoseAlgorithm::Es256,
+                inner: Inner::Ec(pair),
+            })
+            .map_err(|e| format!("not a P-256 PKCS#8 private key ({e})"))
+    }
+
     /// Signs `message` as WebAuthn and X.509 carry signatures: DER ECDSA,
     /// PKCS#1 v1.5 or PSS, raw Ed25519.
     pub fn sign(&self, message: &[u8]) -> Vec<u8> {

@@ -12,6 +12,7 @@
 //! Nothing here is for production: keys live in memory and failures panic.
 
 pub mod android;
+pub mod browser;
 pub mod device;
 pub mod evidence;
 pub mod keys;

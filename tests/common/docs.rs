@@ -63,3 +63,53 @@ pub fn default_literal(cell: &str) -> Option<toml::Value> {
     let table: toml::Table = toml::from_str(&format!("v = {literal}")).ok()?;
     table.get("v").cloned()
 }
+
+/// The section of a markdown document under the heading line `heading`
+/// (e.g. `## Ten-minute tour`), up to the next heading of the same or a
+/// higher level. Panics when the heading is missing.
+pub fn section<'a>(text: &'a str, heading: &str) -> &'a str {
+    let level = heading.chars().take_while(|&c| c == '#').count();
+    let start = text
+        .find(&format!("\n{heading}\n"))
+        .unwrap_or_else(|| panic!("no heading {heading:?}"))
+        + heading.len()
+        + 2;
+    let rest = &text[start..];
+    let mut offset = 0;
+    let mut fenced = false;
+    for line in rest.split_inclusive('\n') {
+        if line.starts_with("```") {
+            fenced = !fenced;
+        }
+        let hashes = line.chars().take_while(|&c| c == '#').count();
+        if !fenced && hashes >= 1 && hashes <= level && line[hashes..].starts_with(' ') {
+            return &rest[..offset];
+        }
+        offset += line.len();
+    }
+    rest
+}
+
+/// The bodies of the fenced code blocks of `text` whose info string is
+/// `lang` (```sh), in order.
+pub fn fenced_blocks(text: &str, lang: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        let Some(info) = line.strip_prefix("```") else {
+            continue;
+        };
+        let mut body = String::new();
+        for inner in lines.by_ref() {
+            if inner.starts_with("```") {
+                break;
+            }
+            body.push_str(inner);
+            body.push('\n');
+        }
+        if info.trim() == lang {
+            blocks.push(body);
+        }
+    }
+    blocks
+}

@@ -1,27 +1,35 @@
-//! signet in a real browser: headless Debian Chromium (`/usr/bin/chromium`,
-//! driven by playwright-core from `tests/e2e/`) with the DevTools Protocol's
-//! virtual authenticators, through the demo bank (`examples/demo-bank`)
-//! relaying to a real `signet serve` on a fresh SoftHSM token and test PKI.
+//! signet in a real browser, the way a newcomer tries it: `scripts/dev-up
+//! --demo` brings up signet on a fresh SoftHSM token and dev PKI and the
+//! demo bank (`examples/demo-bank`) relaying to it, and headless Debian
+//! Chromium (`/usr/bin/chromium`, driven by playwright-core from
+//! `tests/e2e/`) with the DevTools Protocol's virtual authenticators uses
+//! the demo bank's pages.
 //!
 //! `tests/e2e/run.mjs` does the browsing and the checks: a CTAP2 platform
 //! authenticator registers (`packed`) and logs in, a U2F key registers
 //! (`fido-u2f`) and logs in, a payment is approved and its downloaded
-//! receipt verifies with `signet evidence verify` (and a tampered copy does
-//! not), and a desktop logs in by QR code with a phone's passkey, once.
-//! This test starts the services, installs playwright-core with `npm ci`
-//! into `tests/e2e/node_modules` when it is missing, runs the script and
-//! asserts its exit code. Chromium, Node.js and npm come from
-//! `scripts/setup`.
+//! receipt verifies with `signet evidence verify` against the key dev-up
+//! exported (and a tampered copy does not), and a desktop logs in by QR
+//! code with a phone's passkey, once. This test runs `scripts/dev-up --demo`
+//! into a temporary directory with the signet and demo-bank binaries cargo
+//! built (`--bin`, `--demo-bin`) and free ports, checks that it announces
+//! the demo bank and that the bank serves its page, installs
+//! playwright-core with `npm ci` into `tests/e2e/node_modules` when it is
+//! missing, runs the script and asserts its exit code; both services are
+//! stopped by their PID files, also when the test fails. Chromium, Node.js
+//! and npm come from `scripts/setup`.
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
-use std::net::TcpListener;
+use std::ffi::OsStr;
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::server::{SignetServer, signet_bin, terminate, wait_timeout};
+use common::dev_up::{DevUp, free_port};
+use common::server::{signet_bin, wait_timeout};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 /// The whole browser run; each of its steps has its own, shorter limit.
@@ -29,15 +37,6 @@ const E2E_LIMIT: Duration = Duration::from_secs(300);
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// A port on 127.0.0.1 that was free a moment ago: the demo bank's origin
-/// must be in signet's rp.origins before the demo bank starts.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
 }
 
 /// The demo bank example, as cargo built it next to the signet binary
@@ -61,83 +60,47 @@ fn demo_bank_bin() -> PathBuf {
     bin
 }
 
-/// The running demo bank, stopped by PID when dropped.
-struct DemoBank {
-    child: Child,
-    url: String,
-    log: Option<std::thread::JoinHandle<String>>,
+/// `scripts/dev-up --demo` into DIR, as a newcomer runs it, with the
+/// binaries cargo built for this test; it must announce the demo bank.
+fn dev_up_demo(dir: &Path, port: u16, demo_port: u16) -> DevUp {
+    let demo_port = demo_port.to_string();
+    let demo_bin = demo_bank_bin();
+    let services = DevUp::start(
+        dir,
+        port,
+        &[
+            OsStr::new("--demo"),
+            OsStr::new("--demo-port"),
+            OsStr::new(&demo_port),
+            OsStr::new("--demo-bin"),
+            demo_bin.as_os_str(),
+        ],
+    );
+    let announced = format!("Demo bank:      http://localhost:{demo_port} ");
+    assert!(
+        services.stdout.lines().any(|l| l.starts_with(&announced)),
+        "dev-up did not announce the demo bank ({announced:?})"
+    );
+    services
 }
 
-impl DemoBank {
-    fn start(port: u16, server: &SignetServer) -> DemoBank {
-        let mut child = Command::new(demo_bank_bin())
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--signet")
-            .arg(server.base_url())
-            .arg("--ca")
-            .arg(&server.pki.ca_cert)
-            .arg("--cert")
-            .arg(server.pki.cert("rp"))
-            .arg("--key")
-            .arg(server.pki.key("rp"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the demo bank");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut stderr = child.stderr.take().expect("stderr");
-        let log = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = stderr.read_to_string(&mut s);
-            s
-        });
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            for _ in lines {}
-        });
-        let mut bank = DemoBank {
-            child,
-            url: format!("http://localhost:{port}"),
-            log: Some(log),
-        };
-        match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(line) => assert!(
-                line.starts_with(&format!("demo-bank: listening on {}", bank.url)),
-                "demo bank said: {line}"
-            ),
-            Err(_) => panic!("the demo bank did not start: {}", bank.stop()),
-        }
-        bank
-    }
-
-    /// SIGTERM by PID (SIGKILL after 10 s); what it wrote on stderr.
-    fn stop(&mut self) -> String {
-        terminate(self.child.id());
-        if wait_timeout(&mut self.child, Duration::from_secs(10)).is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        self.log
-            .take()
-            .map(|h| h.join().unwrap_or_default())
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for DemoBank {
-    fn drop(&mut self) {
-        if self.log.is_some() {
-            let log = self.stop();
-            if std::thread::panicking() && !log.is_empty() {
-                eprintln!("---- demo bank stderr ----\n{log}");
-            }
-        }
-    }
+/// `GET /` from the demo bank, the whole HTTP response as text.
+fn get_page(port: u16) -> String {
+    let mut stream = TcpStream::connect(("localhost", port))
+        .unwrap_or_else(|e| panic!("connect to localhost:{port}: {e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    write!(
+        stream,
+        "GET / HTTP/1.1\r\nHost: localhost:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send GET /");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("read the demo page");
+    response
 }
 
 fn require_tool(path: &str, what: &str) {
@@ -188,32 +151,6 @@ fn npm_ci(e2e: &Path) {
     );
 }
 
-/// The public key receipts are verified with, exported from the server's
-/// token as an auditor would (`signet hsm export`).
-fn countersign_pem(server: &SignetServer, dir: &Path) -> PathBuf {
-    let out = Command::new(signet_bin())
-        .args([
-            "hsm",
-            "export",
-            "--role",
-            "approval-countersign",
-            "--format",
-            "pem",
-        ])
-        .arg("--profile")
-        .arg(server.hsm.profile_path())
-        .output()
-        .expect("run signet hsm export");
-    assert!(
-        out.status.success(),
-        "hsm export: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let pem = dir.join("approval-countersign.pem");
-    std::fs::write(&pem, &out.stdout).expect("write countersign PEM");
-    pem
-}
-
 #[test]
 fn the_demo_bank_in_headless_chromium_registers_logs_in_approves_and_pairs() {
     require_tool(CHROMIUM, "Chromium");
@@ -237,73 +174,41 @@ fn the_demo_bank_in_headless_chromium_registers_logs_in_approves_and_pairs() {
     let e2e = repo().join("tests/e2e");
     npm_ci(&e2e);
 
-    // signet with the demo policy, and the demo bank's origin among its
-    // origins (http is allowed for localhost; the config is rewritten and the
-    // server restarted, since the test server clears SIGNET_RP_ORIGINS).
+    // The newcomer's path: scripts/dev-up --demo provisions signet (SoftHSM
+    // token, dev PKI, the demo's policy, its FIDO metadata for Chromium's
+    // virtual authenticators, the demo origin in rp.origins), exports the
+    // countersigning key and starts signet and the demo bank.
+    let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
-    let origin = format!("http://localhost:{port}");
-    let policy = repo().join("examples/demo-bank/policy.toml");
-    let mut server =
-        SignetServer::start_with(&format!("[policy]\nfile = \"{}\"\n", policy.display()));
-    let config = std::fs::read_to_string(&server.config).expect("read config");
-    let origins = "origins = [\"https://localhost\"]";
-    assert!(config.contains(origins), "{config}");
-    let config = config.replace(
-        origins,
-        &format!("origins = [\"https://localhost\", \"{origin}\"]"),
-    );
-    std::fs::write(&server.config, config).expect("write config");
-    let (status, log) = server.stop();
-    assert!(status.success(), "signet exited with {status}: {log}");
-    // The demo's FIDO metadata: it pins the self-signed batch certificate
-    // of Chromium's virtual authenticators, which signet otherwise refuses
-    // in x5c. Installed with the service stopped, as an officer would.
-    let files = tempfile::tempdir().expect("tempdir");
-    let out = Command::new(demo_bank_bin())
-        .arg("--write-mds")
-        .arg(files.path())
-        .output()
-        .expect("run demo-bank --write-mds");
+    let demo_port = loop {
+        let p = free_port();
+        if p != port {
+            break p;
+        }
+    };
+    let services = dev_up_demo(dir.path(), port, demo_port);
+    let demo_url = format!("http://localhost:{demo_port}");
+    let page = get_page(demo_port);
     assert!(
-        out.status.success(),
-        "demo-bank --write-mds: {}",
-        String::from_utf8_lossy(&out.stderr)
+        page.starts_with("HTTP/1.1 200 ") && page.contains("<title>signet demo bank</title>"),
+        "GET {demo_url}/ did not serve the demo page:\n{page}"
     );
-    let out = Command::new(signet_bin())
-        .args(["mds", "import"])
-        .arg(files.path().join("mds-blob.jwt"))
-        .arg("--root")
-        .arg(files.path().join("mds-root.pem"))
-        .arg("--config")
-        .arg(&server.config)
-        .output()
-        .expect("run signet mds import");
-    assert!(
-        out.status.success(),
-        "signet mds import: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    server.spawn();
-
-    let pem = countersign_pem(&server, files.path());
-    let mut bank = DemoBank::start(port, &server);
-    assert_eq!(bank.url, origin);
+    let pem = services.dir.join("keys/approval-countersign.pem");
+    assert!(pem.is_file(), "dev-up did not export {}", pem.display());
 
     let artifacts = Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser-e2e");
     let _ = std::fs::remove_dir_all(&artifacts);
     std::fs::create_dir_all(&artifacts).expect("artifacts dir");
     println!(
-        "browser_e2e: demo bank {} -> signet {}; screenshots of failing steps: {}",
-        bank.url,
-        server.base_url(),
+        "browser_e2e: scripts/dev-up --demo in {}: demo bank {demo_url} -> signet https://localhost:{port}; screenshots of failing steps: {}",
+        services.dir.display(),
         artifacts.display()
     );
 
     let mut node = Command::new("node")
         .arg(e2e.join("run.mjs"))
         .current_dir(&e2e)
-        .env("DEMO_URL", &bank.url)
+        .env("DEMO_URL", &demo_url)
         .env("SIGNET_BIN", signet_bin())
         .env("COUNTERSIGN_PEM", &pem)
         .env("CHROMIUM", CHROMIUM)
@@ -336,11 +241,8 @@ fn the_demo_bank_in_headless_chromium_registers_logs_in_approves_and_pairs() {
     if !err.is_empty() {
         println!("---- tests/e2e/run.mjs stderr ----\n{err}");
     }
-    let bank_log = bank.stop();
+    // On failure the guard prints dev-up's output and both logs.
     let status = status.unwrap_or_else(|| panic!("run.mjs did not finish in {E2E_LIMIT:?}"));
-    if !status.success() {
-        println!("---- demo bank stderr ----\n{bank_log}");
-    }
     assert!(
         status.success(),
         "run.mjs exited with {status}; screenshots in {}",

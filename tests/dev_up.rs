@@ -3,52 +3,18 @@
 //! does the `signet device-sim` command it prints. Rerunning it restarts
 //! the server on the same state.
 
+mod common;
+
 use std::process::Command;
-use std::time::Duration;
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
-fn dev_up(dir: &std::path::Path, port: u16) -> String {
-    let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/dev-up"))
-        .arg("--dir")
-        .arg(dir)
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bin",
-            env!("CARGO_BIN_EXE_signet"),
-        ])
-        .output()
-        .expect("run dev-up");
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "dev-up failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
-struct StopOnDrop(std::path::PathBuf);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        if let Ok(pid) = std::fs::read_to_string(&self.0) {
-            let _ = Command::new("kill").args(["-TERM", pid.trim()]).status();
-            std::thread::sleep(Duration::from_millis(500));
-        }
-    }
-}
+use common::dev_up::{DevUp, free_port};
 
 #[test]
 fn dev_up_starts_a_server_the_printed_curl_reaches() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
-    let _stop = StopOnDrop(dir.path().join("signet.pid"));
-    let stdout = dev_up(dir.path(), port);
+    let mut up = DevUp::start(dir.path(), port, &[] as &[&str]);
+    let stdout = up.stdout.clone();
     let curl = stdout
         .lines()
         .rfind(|l| l.starts_with("curl "))
@@ -75,10 +41,10 @@ fn dev_up_starts_a_server_the_printed_curl_reaches() {
     assert_eq!(answer["publicKey"]["rp"]["id"], "localhost");
 
     // Rerun: the first server is stopped, a new one serves the same store.
-    let first_pid = std::fs::read_to_string(dir.path().join("signet.pid")).expect("pid");
-    let stdout = dev_up(dir.path(), port);
+    let first_pid = up.pid("signet.pid").expect("pid");
+    let stdout = up.rerun(&[] as &[&str]).to_string();
     assert!(stdout.contains("stop the running signet"), "{stdout}");
-    let second_pid = std::fs::read_to_string(dir.path().join("signet.pid")).expect("pid");
+    let second_pid = up.pid("signet.pid").expect("pid");
     assert_ne!(first_pid, second_pid);
     let answer = run(curl);
     assert!(answer["ceremonyId"].is_string(), "{answer}");

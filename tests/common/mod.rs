@@ -4,6 +4,7 @@
 
 #[cfg(feature = "testkit")]
 pub mod ceremony;
+pub mod dev_up;
 pub mod docs;
 pub mod flows;
 pub mod pki;

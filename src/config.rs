@@ -379,7 +379,35 @@ impl Config {
     /// Reads, parses and validates `path`, applying `overrides`.
     pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
         let text = read_text(path)?;
-        Config::parse(&text, path, overrides)
+        let config = Config::parse(&text, path, overrides)?;
+        config.check_file_modes(path)?;
+        Ok(config)
+    }
+
+    /// The files that decide whom signet trusts may be written by their
+    /// owner only, and the TLS private key read by its owner and group
+    /// only. (The
+    /// PIN file is checked where it is read, `keys::pin`; the data
+    /// directory is restricted to 0700 when the store opens.)
+    fn check_file_modes(&self, path: &Path) -> Result<(), ConfigError> {
+        use crate::files::{refuse_exposed_private_key, refuse_writable_by_others};
+        refuse_exposed_private_key(&self.tls.key).map_err(|e| ConfigError::new("tls.key", e))?;
+        let mut trusted = vec![
+            ("config".to_string(), path),
+            ("tls.cert".to_string(), self.tls.cert.as_path()),
+            ("tls.client_ca".to_string(), self.tls.client_ca.as_path()),
+            ("keys.profile".to_string(), self.keys.profile.as_path()),
+        ];
+        for (i, crl) in self.tls.crls.iter().enumerate() {
+            trusted.push((format!("tls.crls[{i}]"), crl.as_path()));
+        }
+        if let Some(policy) = &self.policy {
+            trusted.push(("policy.file".to_string(), policy.as_path()));
+        }
+        for (key, file) in trusted {
+            refuse_writable_by_others(file).map_err(|e| ConfigError::new(key, e))?;
+        }
+        Ok(())
     }
 
     /// Parses and validates `text` as if read from `path` (relative paths

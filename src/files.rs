@@ -60,3 +60,43 @@ mod tests {
         assert!(e.contains("missing"), "{e}");
     }
 }
+
+/// The permission bits of `path` (following symlinks); `None` when it does
+/// not exist, which the code that reads it reports in its own words.
+fn mode_of(path: &Path) -> Result<Option<u32>, String> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::metadata(path) {
+        Ok(meta) => Ok(Some(meta.permissions().mode() & 0o777)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("cannot stat {}: {e}", path.display())),
+    }
+}
+
+/// Refuses a private key file that other users may read, or group or
+/// other may write: the service will not use a key others can copy or
+/// replace. Group read is allowed, the usual way to give a service user a
+/// key root owns (root:signet 0640, as packaging/ installs it).
+pub fn refuse_exposed_private_key(path: &Path) -> Result<(), String> {
+    match mode_of(path)? {
+        Some(mode) if mode & 0o027 != 0 => Err(format!(
+            "{} is readable by other users or writable by group (mode {mode:04o}); run chmod 640 \
+             (with the service's group) or chmod 600 on it",
+            path.display()
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Refuses a file that group or other may write (the configuration, the
+/// client CA, the key profile, the trust policy): whoever can write one
+/// decides whom signet trusts.
+pub fn refuse_writable_by_others(path: &Path) -> Result<(), String> {
+    match mode_of(path)? {
+        Some(mode) if mode & 0o022 != 0 => Err(format!(
+            "{} is writable by group or other (mode {mode:04o}), and it decides whom signet \
+             trusts; run chmod go-w on it",
+            path.display()
+        )),
+        _ => Ok(()),
+    }
+}

@@ -17,6 +17,7 @@ pub mod identity;
 pub mod keys;
 pub mod mds;
 pub mod policy;
+pub mod process;
 pub mod receipt;
 pub mod rfc3339;
 pub mod seal;

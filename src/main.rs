@@ -669,6 +669,9 @@ fn serve(args: &ServeArgs, log: Option<&str>, log_json: bool) -> anyhow::Result<
         }
         return Ok(());
     }
+    // Before the PIN is read or a key device opened: no core file and no
+    // debugger may carry the secrets off.
+    signet::process::disable_core_dumps()?;
     // SAFETY: single-threaded: the logger spawns no threads, and nothing
     // else has started yet.
     unsafe { profile.apply_env() };

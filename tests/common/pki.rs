@@ -18,6 +18,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -150,7 +151,10 @@ fn client_params(name: &str, uri: &str) -> CertificateParams {
 
 fn write(dir: &Path, name: &str, pem: &str, key: &KeyPair) {
     std::fs::write(dir.join(format!("{name}.pem")), pem).expect("write certificate");
-    std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).expect("write key");
+    // Private keys 0600, as signet serve requires of its tls.key.
+    let key_path = dir.join(format!("{name}.key"));
+    std::fs::write(&key_path, key.serialize_pem()).expect("write key");
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).expect("chmod key");
 }
 
 fn pin(key: &KeyPair) -> [u8; 32] {

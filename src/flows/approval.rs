@@ -726,6 +726,14 @@ pub fn approve(
             @ (FlowError::Unavailable(_) | FlowError::VerificationLog(_) | FlowError::Internal(_)),
         ) => Err(e),
         Err(e) => {
+            // A concurrent answer that won committed its approval (and
+            // moved the counter past this one) after the check above: say
+            // the transaction is approved, not that the authenticator looks
+            // cloned.
+            let e = match pending(&load(s, &id, actor, now_ms)?) {
+                Ok(()) => e,
+                Err(closed) => closed,
+            };
             refused(s, actor, "transaction.refused", &subject, &e, now_ms)?;
             count_refusal(s, &id, actor, now_ms)?;
             Err(e)

@@ -7,6 +7,8 @@ pub mod ceremony;
 pub mod dev_up;
 pub mod docs;
 pub mod flows;
+#[cfg(feature = "testkit")]
+pub mod load;
 pub mod pki;
 pub mod server;
 pub mod softhsm;

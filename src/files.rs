@@ -41,26 +41,6 @@ pub fn one_line(s: &str) -> String {
         .collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn files_past_the_limit_are_refused_by_name() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("f");
-        std::fs::write(&path, [7u8; 10]).expect("write");
-        assert_eq!(read_bounded(&path, 10).expect("fits").len(), 10);
-        let e = read_bounded(&path, 9).expect_err("too large");
-        assert!(
-            e.ends_with("larger than 9 bytes") && e.contains("/f"),
-            "{e}"
-        );
-        let e = read_bounded(&dir.path().join("missing"), 9).expect_err("missing");
-        assert!(e.contains("missing"), "{e}");
-    }
-}
-
 /// The permission bits of `path` (following symlinks); `None` when it does
 /// not exist, which the code that reads it reports in its own words.
 fn mode_of(path: &Path) -> Result<Option<u32>, String> {
@@ -98,5 +78,25 @@ pub fn refuse_writable_by_others(path: &Path) -> Result<(), String> {
             path.display()
         )),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_past_the_limit_are_refused_by_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f");
+        std::fs::write(&path, [7u8; 10]).expect("write");
+        assert_eq!(read_bounded(&path, 10).expect("fits").len(), 10);
+        let e = read_bounded(&path, 9).expect_err("too large");
+        assert!(
+            e.ends_with("larger than 9 bytes") && e.contains("/f"),
+            "{e}"
+        );
+        let e = read_bounded(&dir.path().join("missing"), 9).expect_err("missing");
+        assert!(e.contains("missing"), "{e}");
     }
 }

@@ -725,7 +725,6 @@ fn device_binding_answers_as_documented() {
     use std::time::SystemTime;
 
     use serde_json::json;
-    use signet::keys::EcPublicKey;
     use signet::testkit::android::{SecurityLevelForTests, key_attestation_chain};
     use signet::testkit::device::{SoftDevice, create_passkey};
     use signet::webauthn::{b64url, b64url_decode};
@@ -757,15 +756,9 @@ fn device_binding_answers_as_documented() {
     };
     let pinned = |role: &str| {
         let (_, keys) = server.get("rp", "/v1/keys");
-        let jwk = keys["keys"]
-            .as_array()
-            .expect("keys")
-            .iter()
-            .find(|k| k["role"] == role && k["status"] == "active")
-            .map(|k| k["jwk"].clone())
-            .expect("active key");
-        EcPublicKey::from_xy(&bytes(&jwk["x"]), &bytes(&jwk["y"])).expect("P-256")
+        common::load::active_key(&keys, role)
     };
+
     // What the app sends back for a token answer: a passkey, signed and sealed.
     let sealed_request = |id: &str, answer: &Value| {
         let did: [u8; 16] = bytes(&json!(id)).try_into().expect("16 bytes");

@@ -22,14 +22,7 @@ fn bytes(v: &Value) -> Vec<u8> {
 fn pinned(server: &SignetServer, role: &str) -> EcPublicKey {
     let (status, keys) = server.get("rp", "/v1/keys");
     assert_eq!(status, 200, "{keys}");
-    let jwk = keys["keys"]
-        .as_array()
-        .expect("keys")
-        .iter()
-        .find(|k| k["role"] == role && k["status"] == "active")
-        .map(|k| k["jwk"].clone())
-        .expect("active key");
-    EcPublicKey::from_xy(&bytes(&jwk["x"]), &bytes(&jwk["y"])).expect("P-256")
+    common::load::active_key(&keys, role)
 }
 
 struct App {

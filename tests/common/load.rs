@@ -234,21 +234,23 @@ impl Pinned {
     pub fn fetch(api: &Api) -> Pinned {
         let (status, keys) = api.get("/v1/keys").expect("GET /v1/keys");
         assert_eq!(status, 200, "{keys}");
-        let key = |role: &str| {
-            let jwk = keys["keys"]
-                .as_array()
-                .expect("keys")
-                .iter()
-                .find(|k| k["role"] == role && k["status"] == "active")
-                .map(|k| k["jwk"].clone())
-                .expect("active key");
-            EcPublicKey::from_xy(&bytes(&jwk["x"]), &bytes(&jwk["y"])).expect("P-256")
-        };
         Pinned {
-            signing: key("token-signing"),
-            encryption: key("token-encryption"),
+            signing: active_key(&keys, "token-signing"),
+            encryption: active_key(&keys, "token-encryption"),
         }
     }
+}
+
+/// The active key of `role` in a `GET /v1/keys` answer, as an app pins it.
+pub fn active_key(keys: &Value, role: &str) -> EcPublicKey {
+    let jwk = keys["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .find(|k| k["role"] == role && k["status"] == "active")
+        .map(|k| k["jwk"].clone())
+        .expect("active key");
+    EcPublicKey::from_xy(&bytes(&jwk["x"]), &bytes(&jwk["y"])).expect("P-256")
 }
 
 /// The challenge of request or creation options (`publicKey`), decoded.

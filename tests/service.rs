@@ -448,6 +448,17 @@ fn metrics_and_readiness() {
         ready,
         json!({"status": "ready", "store": "ok", "keys": "ok"})
     );
+    // Made-up methods are counted, but under one label: a label value lives
+    // as long as the process, so a client inventing methods must not grow it.
+    for n in 0..5 {
+        let method = reqwest::Method::from_bytes(format!("BREW{n}").as_bytes()).expect("method");
+        let r = server
+            .client("rp")
+            .request(method, server.url("/v1/keys"))
+            .send()
+            .expect("send");
+        assert_eq!(r.status(), 405);
+    }
     let text = server
         .client("monitor")
         .get(server.url("/metrics"))
@@ -463,6 +474,13 @@ fn metrics_and_readiness() {
         text.contains("signet_http_request_duration_seconds_bucket"),
         "{text}"
     );
+    assert!(
+        text.contains(
+            r#"signet_http_requests_total{method="other",route="/v1/keys",status="405"} 5"#
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("BREW"), "{text}");
     assert!(
         text.contains(r#"signet_key_operation_duration_seconds_count{op="ping"}"#),
         "{text}"

@@ -104,6 +104,22 @@ impl Metrics {
     }
 }
 
+/// The method as a metrics label. hyper accepts any token as a method, and
+/// a label value lives as long as the process: a client sending made-up
+/// methods must not grow the registry, so those are all "other".
+fn method_label(method: &axum::http::Method) -> &'static str {
+    match method.as_str() {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
+        "PATCH" => "PATCH",
+        _ => "other",
+    }
+}
+
 /// Middleware: counts and times every request, and writes one access-log
 /// line per request (target `signet::access`: route template, method,
 /// status, milliseconds, and the client's rule name; never bodies).
@@ -113,7 +129,7 @@ pub async fn track(State(metrics): State<Arc<Metrics>>, request: Request, next: 
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
-    let method = request.method().as_str().to_string();
+    let method = method_label(request.method()).to_string();
     let client = request
         .extensions()
         .get::<Arc<crate::identity::Caller>>()

@@ -235,7 +235,13 @@ pub fn run(config: Config, profile: &Profile) -> anyhow::Result<()> {
             services.clone(),
             config.policy_reload_interval,
         ));
-        let app = router(prepared.state.clone());
+        // A body declared over the limit is refused at once; one that
+        // trickles in is cut after the header timeout (see guard_bodies).
+        let app = server::guard_bodies(
+            router(prepared.state.clone()),
+            config.server.body_limit,
+            config.server.header_timeout,
+        );
         let rules: Arc<[_]> = config.clients.clone().into();
         let opts = server::ServeOptions::from(&config.server);
         server::serve(

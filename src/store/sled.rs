@@ -96,6 +96,13 @@ pub const SCHEMA_VERSION: u32 = 1;
 /// segment size: this value is part of the on-disk format.
 pub const SEGMENT_SIZE: usize = 8 * 1024 * 1024;
 
+/// sled's page cache. sled's default is 1 GiB, so a busy service's resident
+/// memory would grow with the store towards that; an appliance must have a
+/// memory bound its operators can plan for. The working set (live one-time
+/// objects, recent credentials) is a few MiB; older pages are read back
+/// from the page cache of the kernel, which a host can spare or reclaim.
+pub const CACHE_CAPACITY: u64 = 64 * 1024 * 1024;
+
 /// Long enough to cover clock adjustments and a client retrying the next
 /// morning (it is told "already used", not "unknown"); a tombstone is about a
 /// hundred bytes, so a day of them stays small.
@@ -438,6 +445,7 @@ fn open_locked(dir: &Path) -> Result<sled::Db, StoreError> {
         match sled::Config::new()
             .path(dir)
             .segment_size(SEGMENT_SIZE)
+            .cache_capacity(CACHE_CAPACITY)
             .open()
         {
             Ok(db) => return Ok(db),

@@ -65,7 +65,8 @@ enum Command {
     #[command(after_help = "Examples:\n  \
 signet serve --config /etc/signet/signet.toml --check\n  \
 signet serve --config /etc/signet/signet.toml\n  \
-signet serve --config var/dev/signet.toml --log signet=debug,info --log-json")]
+signet serve --config var/dev/signet.toml --log signet=debug,info --log-json\n  \
+signet serve --config var/dev/signet.toml --allow-root")]
     Serve(ServeArgs),
     /// Serve the FIDO Server Conformance Test API over HTTPS for the
     /// certification tool, forwarding to a signet over mutual TLS (test labs
@@ -210,6 +211,11 @@ struct ServeArgs {
     /// summary, and exit: 0 valid, 1 not.
     #[arg(long)]
     check: bool,
+    /// Serve even as root (SIGNET_ALLOW_ROOT=1 does the same). Without it,
+    /// serve refuses to start with euid 0: run it as its own user, as
+    /// packaging/systemd/signet.service and the container image do.
+    #[arg(long, env = "SIGNET_ALLOW_ROOT", value_parser = clap::builder::FalseyValueParser::new())]
+    allow_root: bool,
 }
 
 #[derive(Args)]
@@ -669,9 +675,9 @@ fn serve(args: &ServeArgs, log: Option<&str>, log_json: bool) -> anyhow::Result<
         }
         return Ok(());
     }
-    // Before the PIN is read or a key device opened: no core file and no
-    // debugger may carry the secrets off.
-    signet::process::disable_core_dumps()?;
+    // Before the PIN is read or a key device opened: not root unless told
+    // so, and no core file or debugger may carry the secrets off.
+    signet::process::harden(args.allow_root)?;
     // SAFETY: single-threaded: the logger spawns no threads, and nothing
     // else has started yet.
     unsafe { profile.apply_env() };

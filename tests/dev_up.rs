@@ -39,6 +39,13 @@ fn dev_up_starts_a_server_the_printed_curl_reaches() {
     let answer = run(curl);
     assert!(answer["ceremonyId"].is_string(), "{answer}");
     assert_eq!(answer["publicKey"]["rp"]["id"], "localhost");
+    // serve refuses root unless told: dev-up tells it, and says so, only
+    // when it runs as root.
+    assert_eq!(
+        stdout.contains("signet serve gets --allow-root"),
+        signet::process::euid() == 0,
+        "{stdout}"
+    );
 
     // Rerun: the first server is stopped, a new one serves the same store.
     let first_pid = up.pid("signet.pid").expect("pid");

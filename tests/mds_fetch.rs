@@ -1103,7 +1103,7 @@ fn serve_refuses_to_start_on_a_bad_mds_root() {
         ),
     )
     .expect("write config");
-    let out = Command::new(common::server::signet_bin())
+    let out = common::server::allow_root_if_root(&mut Command::new(common::server::signet_bin()))
         .args(["serve", "--config"])
         .arg(&config)
         .env_remove("SIGNET_LISTEN")

@@ -16,7 +16,7 @@ use signet::testkit::SoftAuthenticator;
 use signet::webauthn::CoseAlgorithm;
 
 use common::ceremony::{authenticate, register};
-use common::server::{ORIGIN, RP_ID, SignetServer, signet_bin, wait_timeout};
+use common::server::{ORIGIN, RP_ID, SignetServer, allow_root_if_root, signet_bin, wait_timeout};
 use common::softhsm::PIN;
 
 fn chmod(path: &Path, mode: u32) {
@@ -140,10 +140,17 @@ fn the_pin_reaches_no_log_at_any_level_nor_the_store() {
 /// serve that does not exit within 30 s is killed and reported as such.
 fn serve(config: &Path, check: bool) -> (Option<i32>, String) {
     let mut cmd = Command::new(signet_bin());
+    allow_root_if_root(&mut cmd);
     cmd.args(["serve", "--config"]).arg(config);
     if check {
         cmd.arg("--check");
     }
+    run_serve(cmd)
+}
+
+/// Runs a prepared `signet serve` command: its exit code and stderr; one
+/// that does not exit within 30 s is killed and reported as such.
+fn run_serve(mut cmd: Command) -> (Option<i32>, String) {
     let mut child = cmd
         .env_remove("SIGNET_LISTEN")
         .env_remove("SIGNET_DATA_DIR")
@@ -220,4 +227,61 @@ fn serve_refuses_keys_and_trust_files_open_to_others() {
     s.spawn();
     let (status, _) = s.get("monitor", "/readyz");
     assert_eq!(status, 200);
+}
+
+#[test]
+fn serve_refuses_root_unless_told() {
+    let mut s = SignetServer::start();
+    let (status, log) = s.stop();
+    assert!(status.success(), "{log}");
+    let config = s.config.clone();
+    // A PIN file others may read is refused only after the root check, so
+    // its error shows that serve went past that check.
+    let pin = s.hsm.pin_file();
+    chmod(&pin, 0o644);
+    let serve_as_is = |flag: Option<&str>, env: Option<&str>| {
+        let mut cmd = Command::new(signet_bin());
+        cmd.args(["serve", "--config"]).arg(&config);
+        cmd.args(flag);
+        match env {
+            Some(v) => cmd.env("SIGNET_ALLOW_ROOT", v),
+            None => cmd.env_remove("SIGNET_ALLOW_ROOT"),
+        };
+        run_serve(cmd)
+    };
+    let past_root_check = |(code, stderr): (Option<i32>, String)| {
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(stderr.contains("PIN file"), "{stderr}");
+    };
+
+    if signet::process::euid() == 0 {
+        for env in [None, Some("0"), Some("false"), Some("no")] {
+            let (code, stderr) = serve_as_is(None, env);
+            assert_eq!(code, Some(1), "SIGNET_ALLOW_ROOT={env:?}: {stderr}");
+            assert!(
+                stderr.contains("refusing to run as root") && stderr.contains("--allow-root"),
+                "{stderr}"
+            );
+            assert!(!stderr.contains("PIN file"), "{stderr}");
+        }
+        // --check reads no secret: it validates as root too.
+        let mut check = Command::new(signet_bin());
+        check
+            .args(["serve", "--check", "--config"])
+            .arg(&config)
+            .env_remove("SIGNET_ALLOW_ROOT");
+        chmod(&pin, 0o600);
+        assert_eq!(run_serve(check).0, Some(0));
+        chmod(&pin, 0o644);
+    } else {
+        // Not root: nothing to allow, and the default path goes on.
+        past_root_check(serve_as_is(None, None));
+    }
+    past_root_check(serve_as_is(Some("--allow-root"), None));
+    past_root_check(serve_as_is(None, Some("1")));
+    past_root_check(serve_as_is(None, Some("true")));
+
+    chmod(&pin, 0o600);
+    s.spawn();
+    assert_eq!(s.get("monitor", "/readyz").0, 200);
 }

@@ -24,6 +24,19 @@ pub fn signet_bin() -> &'static str {
     env!("CARGO_BIN_EXE_signet")
 }
 
+/// `signet serve` refuses euid 0 unless allowed. The tests run as whatever
+/// user CI has (root in a throwaway container on some machines), so a
+/// spawned server is allowed root only when the tests run as root: as any
+/// other user it takes the default path.
+pub fn allow_root_if_root(cmd: &mut Command) -> &mut Command {
+    if signet::process::euid() == 0 {
+        cmd.env("SIGNET_ALLOW_ROOT", "1");
+    } else {
+        cmd.env_remove("SIGNET_ALLOW_ROOT");
+    }
+    cmd
+}
+
 pub struct SignetServer {
     pub addr: SocketAddr,
     pub dir: tempfile::TempDir,
@@ -74,7 +87,7 @@ impl SignetServer {
     /// Starts the server again after [`SignetServer::stop`], on the same
     /// config, store and token.
     pub fn spawn(&mut self) {
-        let mut child = Command::new(signet_bin())
+        let mut child = allow_root_if_root(&mut Command::new(signet_bin()))
             .args(["serve", "--config"])
             .arg(&self.config)
             .env_remove("SIGNET_LISTEN")

@@ -2,7 +2,7 @@
 //! engineer's offline verifier (and, in later releases, the service itself).
 //! Every command prints readable text, or JSON with `--json` (`verify` always
 //! prints its verdict as JSON); errors are one line on stderr with exit code
-//! 1, usage errors exit 2.
+//! 1 (`serve`: 3 when the key device refuses the PIN), usage errors exit 2.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -62,6 +62,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the service: the mutual-TLS JSON API (see README, "API").
+    ///
+    /// Exit status: 0 stopped by SIGTERM or SIGINT; 1 an error (named on
+    /// stderr); 3 the key device refused the PIN or reports it locked, which
+    /// a supervisor must not restart (each start spends one of the token's
+    /// few tries before it locks the PIN).
     #[command(after_help = "Examples:\n  \
 signet serve --config /etc/signet/signet.toml --check\n  \
 signet serve --config /etc/signet/signet.toml\n  \
@@ -563,7 +568,7 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("signet: {e:#}");
-                ExitCode::from(1)
+                serve_exit_code(&e)
             }
         };
     }
@@ -586,6 +591,20 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Exit status of a failed `serve`: 3 when the key device refused the PIN
+/// or reports it locked, else 1. A supervisor must not restart on 3
+/// (packaging/systemd/signet.service: RestartPreventExitStatus=3): every
+/// start spends one of the few wrong PINs a token allows before it locks.
+fn serve_exit_code(e: &anyhow::Error) -> ExitCode {
+    let refused = e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<signet::keys::KeyError>(),
+            Some(signet::keys::KeyError::WrongPin(_) | signet::keys::KeyError::PinLocked(_))
+        )
+    });
+    ExitCode::from(if refused { 3 } else { 1 })
 }
 
 fn init_logging(filter: &str, json: bool) {

@@ -1372,7 +1372,11 @@ fn kills_with_sigkill_lose_nothing_acknowledged_and_reuse_nothing_consumed() {
     // Every receipt, offline, with the exported countersigning key.
     let files = tempfile::tempdir().expect("tempdir");
     let key = files.path().join("approval-countersign.pem");
-    std::fs::write(&key, load::countersign_pem(&server.hsm.profile_path())).expect("key");
+    std::fs::write(
+        &key,
+        load::export_pem(&server.hsm.profile_path(), "approval-countersign"),
+    )
+    .expect("key");
     let receipts: Vec<(String, std::path::PathBuf)> = l
         .approvals
         .iter()

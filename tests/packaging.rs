@@ -672,6 +672,13 @@ fn the_unit_runs_signet_serve_as_the_cli_defines_it() {
         help.contains("--config <FILE>") && help.contains("--check"),
         "{help}"
     );
+    // A token locks its PIN after a few wrong tries: serve exits 3 when the
+    // PIN is refused, and systemd must not restart it then.
+    assert_eq!(service(&unit, "RestartPreventExitStatus"), ["3"]);
+    assert!(
+        help.contains("3 the key device refused the PIN"),
+        "{help}"
+    );
 }
 
 #[test]

@@ -287,13 +287,16 @@ impl From<FlowError> for Problem {
                 };
                 Problem::new(status, kind, title)
             }
-            FlowError::Unavailable(cause) => {
-                tracing::warn!(cause = %cause, "key device unavailable");
+            FlowError::Unavailable(detail) => {
+                // The cause was logged where the key error became this one;
+                // the detail is written for the client (e.g. which request
+                // to retry when the first half of a step was recorded).
                 return Problem::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "key-device-unavailable",
                     "The key device is unavailable; try again shortly",
                 )
+                .detail(detail.clone())
                 .retry_after(1);
             }
             FlowError::VerificationLog(cause) => {

@@ -122,22 +122,27 @@ impl Services {
 
 /// Signs with `role`'s active key what `build` makes for that key's id
 /// (a COSE structure names its signer's kid inside what is signed). If the
-/// key was rotated between the lookup and the signature, the signature is
-/// by another key than the one named: refused as unavailable, to retry.
+/// key changed between the lookup and the signature (a rotation, or a wiped
+/// token re-provisioned by an officer, which the key ring notices at the
+/// signature), the signature is by another key than the one named: built
+/// and signed once more with the key now active, then refused as
+/// unavailable, to retry.
 pub(crate) fn sign_with_active<T>(
     s: &Services,
     role: crate::keys::Role,
-    build: impl FnOnce(&crate::keys::Kid) -> Result<(Vec<u8>, T), FlowError>,
+    build: impl Fn(&crate::keys::Kid) -> Result<(Vec<u8>, T), FlowError>,
 ) -> Result<(T, crate::keys::EcdsaSignature, crate::keys::Kid), FlowError> {
-    let key = s.keys.current(role)?;
-    let (tbs, built) = build(&key.kid)?;
-    let (kid, signature) = s.keys.sign(role, &tbs)?;
-    if kid != key.kid {
-        return Err(FlowError::Unavailable(format!(
-            "the {role} key was rotated during the signature; try again"
-        )));
+    for _ in 0..2 {
+        let key = s.keys.current(role)?;
+        let (tbs, built) = build(&key.kid)?;
+        let (kid, signature) = s.keys.sign(role, &tbs)?;
+        if kid == key.kid {
+            return Ok((built, signature, kid));
+        }
     }
-    Ok((built, signature, kid))
+    Err(FlowError::Unavailable(format!(
+        "the {role} key changed during the signature; try again"
+    )))
 }
 
 /// Why a flow refused or failed.
@@ -209,7 +214,10 @@ pub enum FlowError {
     /// try again.
     #[error("verification log unwritable: {0}")]
     VerificationLog(String),
-    /// The key device is away; try again later.
+    /// The key device is away, or holds no active key for a role; try again
+    /// later. The text is for the client (the problem's `detail`): the
+    /// device's own error, which names module paths and token labels, goes
+    /// to the log where the key error is converted.
     #[error("key device unavailable: {0}")]
     Unavailable(String),
     /// Something on our side failed; details are logged, not returned.
@@ -374,10 +382,33 @@ impl From<StoreError> for FlowError {
 
 impl From<KeyError> for FlowError {
     fn from(e: KeyError) -> FlowError {
-        if e.is_unavailable() {
-            FlowError::Unavailable(e.to_string())
-        } else {
-            FlowError::Internal(format!("keys: {e}"))
+        match &e {
+            // A token wiped or replaced under the running service answers,
+            // but holds no keys until an officer provisions it; the service
+            // picks the new keys up by itself, so this is a wait, not a bug.
+            KeyError::NoActiveKey(role) => {
+                tracing::warn!(cause = %e, "key device has no active key");
+                FlowError::Unavailable(format!(
+                    "the key device holds no active {role} key; service resumes once an officer provisions it"
+                ))
+            }
+            // The token was re-initialized with another PIN, or locked it.
+            // The key layer tries the PIN once and then no more (each try
+            // brings the token nearer to locking it), so only an officer and
+            // a restart bring the service back.
+            KeyError::WrongPin(_) | KeyError::PinLocked(_) => {
+                tracing::warn!(cause = %e, "key device refused the PIN");
+                FlowError::Unavailable(
+                    "the key device refused signet's PIN; an officer must correct the PIN or the token and restart signet".into(),
+                )
+            }
+            _ if e.is_unavailable() => {
+                tracing::warn!(cause = %e, "key device unavailable");
+                FlowError::Unavailable(
+                    "the key device is not reachable; signet reconnects by itself".into(),
+                )
+            }
+            _ => FlowError::Internal(format!("keys: {e}")),
         }
     }
 }

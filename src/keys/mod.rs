@@ -536,12 +536,26 @@ pub struct KeyRing {
     /// every [`KeyRing::list`], so by every lifecycle change made through
     /// this ring; a change made by another process (an officer's CLI) is
     /// seen after [`KeyRing::refresh`], or at the latest [`LISTING_TTL`]
-    /// later.
+    /// later. Two changes are seen sooner, because the service must not
+    /// wait a TTL for them: a role with no active key is looked up again
+    /// after [`MISSING_RECHECK`] (an officer provisioning a wiped token),
+    /// and an active key the device no longer holds makes the ring read
+    /// the device again at once (the token was wiped or replaced).
     listing: RwLock<Option<(std::time::Instant, Arc<Vec<KeyInfo>>)>>,
 }
 
 /// How long a listing of the key device is trusted before it is read again.
 pub const LISTING_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How soon a listing in which a role has no active key is read again: a
+/// token re-initialized under the running service is empty until an officer
+/// runs `signet hsm init`, and the service resumes within this of that.
+/// Each request for the missing role re-reads at most this often.
+pub const MISSING_RECHECK: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// The oldest listing a readiness check accepts: readiness reads the device
+/// itself (a wiped token answers pings but holds no keys), at most this often.
+pub const READY_RELIST: std::time::Duration = std::time::Duration::from_millis(250);
 
 impl KeyRing {
     pub fn new(backend: Arc<dyn KeyBackend>) -> KeyRing {
@@ -568,14 +582,20 @@ impl KeyRing {
         Ok(keys)
     }
 
+    /// The cached listing, if there is one younger than `max_age`.
+    fn cached(&self, max_age: std::time::Duration) -> Option<Arc<Vec<KeyInfo>>> {
+        match &*self.listing.read().unwrap_or_else(|p| p.into_inner()) {
+            Some((at, keys)) if at.elapsed() < max_age => Some(keys.clone()),
+            _ => None,
+        }
+    }
+
     /// The listing, from the cache while it is younger than [`LISTING_TTL`].
     fn listed(&self) -> Result<Arc<Vec<KeyInfo>>, KeyError> {
-        if let Some((at, keys)) = &*self.listing.read().unwrap_or_else(|p| p.into_inner())
-            && at.elapsed() < LISTING_TTL
-        {
-            return Ok(keys.clone());
+        match self.cached(LISTING_TTL) {
+            Some(keys) => Ok(keys),
+            None => Ok(Arc::new(self.list()?)),
         }
-        Ok(Arc::new(self.list()?))
     }
 
     /// A key by kid, any status but retired, from the cached listing: what
@@ -585,12 +605,7 @@ impl KeyRing {
     /// keep the device busy.
     pub fn live(&self, kid: &Kid) -> Result<KeyInfo, KeyError> {
         let found = |keys: &[KeyInfo]| keys.iter().find(|k| &k.kid == kid).cloned();
-        let stale = self
-            .listing
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .is_none_or(|(at, _)| at.elapsed() >= std::time::Duration::from_secs(1));
+        let stale = self.cached(std::time::Duration::from_secs(1)).is_none();
         let key = match found(&self.listed()?) {
             Some(k) => k,
             None if stale => found(&self.list()?).ok_or(KeyError::KeyNotFound(*kid))?,
@@ -602,13 +617,70 @@ impl KeyRing {
         Ok(key)
     }
 
-    /// The active key of a role, from the cached listing.
+    /// The active key of a role, from the cached listing. A listing without
+    /// one is read again if older than [`MISSING_RECHECK`].
     pub fn current(&self, role: Role) -> Result<KeyInfo, KeyError> {
-        self.listed()?
-            .iter()
-            .find(|k| k.role == role && k.status == KeyStatus::Active)
-            .cloned()
-            .ok_or(KeyError::NoActiveKey(role))
+        let active = |keys: &[KeyInfo]| {
+            keys.iter()
+                .find(|k| k.role == role && k.status == KeyStatus::Active)
+                .cloned()
+        };
+        if let Some(key) = active(&self.listed()?) {
+            return Ok(key);
+        }
+        let keys = match self.cached(MISSING_RECHECK) {
+            Some(keys) => keys,
+            None => Arc::new(self.list()?),
+        };
+        active(&keys).ok_or(KeyError::NoActiveKey(role))
+    }
+
+    /// Whether the service can use the device: it answers, and every role
+    /// has an active key on it. Reads the device's listing unless the
+    /// cached one is younger than [`READY_RELIST`], so a wiped token shows
+    /// as not ready (and a re-provisioned one as ready) within that.
+    pub fn ready(&self) -> Result<(), KeyError> {
+        self.backend.ping()?;
+        let keys = match self.cached(READY_RELIST) {
+            Some(keys) => keys,
+            None => Arc::new(self.list()?),
+        };
+        for role in Role::ALL {
+            if !keys
+                .iter()
+                .any(|k| k.role == role && k.status == KeyStatus::Active)
+            {
+                return Err(KeyError::NoActiveKey(role));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `op` with the active key of `role`. If the device answers that
+    /// it does not hold that key, the listing named a key of a token that
+    /// has since been wiped or replaced (and maybe re-provisioned by an
+    /// officer): the device is read again and `op` runs once more with
+    /// whatever is active now, so the service moves to the new keys on the
+    /// first request rather than after [`LISTING_TTL`].
+    fn with_active<T>(
+        &self,
+        role: Role,
+        op: impl Fn(&Kid) -> Result<T, KeyError>,
+    ) -> Result<(Kid, T), KeyError> {
+        let kid = self.active_kid(role)?;
+        match op(&kid) {
+            Err(KeyError::KeyNotFound(gone)) if gone == kid => {
+                tracing::warn!(%role, %kid, "the active key is gone from the device; reading its keys again");
+                let keys = self.list()?;
+                let kid = keys
+                    .iter()
+                    .find(|k| k.role == role && k.status == KeyStatus::Active)
+                    .map(|k| k.kid)
+                    .ok_or(KeyError::NoActiveKey(role))?;
+                Ok((kid, op(&kid)?))
+            }
+            other => other.map(|v| (kid, v)),
+        }
     }
 
     /// Re-reads which key is active per role (after another process rotated).
@@ -699,8 +771,7 @@ impl KeyRing {
                 operation: "signing",
             });
         }
-        let kid = self.active_kid(role)?;
-        Ok((kid, self.backend.sign_digest(&kid, digest)?))
+        self.with_active(role, |kid| self.backend.sign_digest(kid, digest))
     }
 
     /// ECDH with the role's active key.
@@ -713,8 +784,7 @@ impl KeyRing {
                 operation: "key agreement",
             });
         }
-        let kid = self.active_kid(role)?;
-        Ok((kid, self.backend.ecdh(&kid, peer)?))
+        self.with_active(role, |kid| self.backend.ecdh(kid, peer))
     }
 
     /// ECDH with a specific (active or verify-only) key: a message encrypted to

@@ -19,10 +19,17 @@
 //! every [`RECONNECT_INTERVAL`], runs `C_Finalize` + `C_Initialize`, finds the
 //! token again by label or serial and logs in again. Workers notice the new
 //! connection generation and reopen their sessions. No process restart.
+//!
+//! `C_Finalize` tears down the library's state for the whole process, so no
+//! call may be inside the library while it runs: every operation holds
+//! `MODULE` shared, a reconnect holds it exclusively. Sessions of a
+//! finalized connection are let go without `C_CloseSession`: finalizing
+//! closed them, and after `C_Initialize` their handle numbers are handed out
+//! again, so closing an old handle would close another worker's new session.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -46,6 +53,10 @@ use super::{
 /// The least time between two reconnect attempts, so a dead token costs one
 /// `C_Initialize` per interval rather than one per request.
 pub const RECONNECT_INTERVAL: Duration = Duration::from_millis(250);
+
+/// How often a listing that raced another process writing to the token is
+/// read again.
+const LIST_ATTEMPTS: u32 = 4;
 
 /// DER of the prime256v1 (P-256) OID, the `CKA_EC_PARAMS` of every signet key.
 const P256_PARAMS: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
@@ -210,6 +221,13 @@ fn pct_decode(s: &str) -> Result<String, String> {
     String::from_utf8(out).map_err(|_| "not UTF-8 after percent-decoding".to_string())
 }
 
+/// How the token refused the PIN after start-up (see [`Shared::pin_refused`]).
+#[derive(Clone, Copy)]
+enum PinRefusal {
+    Wrong,
+    Locked,
+}
+
 /// The module, the token's slot and the login, shared by all workers.
 struct Connection {
     pkcs11: Pkcs11,
@@ -230,6 +248,21 @@ struct Shared {
     pin: AuthPin,
     describe: String,
     conn: Mutex<Connection>,
+    /// Set when the token refused the PIN (or reported it locked) after
+    /// start-up; from then on no worker logs in again. A token counts wrong
+    /// PINs and locks the user PIN after a few (an HSM partition then needs
+    /// its security officer), so a service that retried on every request
+    /// would turn a re-initialized token into a locked one within seconds.
+    /// Held while logging in, so concurrent workers spend one attempt.
+    pin_refused: Mutex<Option<PinRefusal>>,
+}
+
+/// What an operation needs of the connection.
+struct Current {
+    generation: u64,
+    slot: Slot,
+    pkcs11: Pkcs11,
+    known: Arc<Mutex<HashSet<Kid>>>,
 }
 
 /// A worker's session and the handles it has looked up in it.
@@ -336,6 +369,7 @@ impl Pkcs11Backend {
             token: settings.token.clone(),
             pin,
             describe,
+            pin_refused: Mutex::new(None),
             conn: Mutex::new(Connection {
                 pkcs11,
                 slot: Some(slot),
@@ -406,6 +440,14 @@ impl Drop for Pkcs11Backend {
 /// crashes when two threads initialize at once. Every call goes through here.
 static LIFECYCLE: Mutex<()> = Mutex::new(());
 
+/// Held shared by every operation on a session (of any backend in the
+/// process: the library's state is per process) and exclusively by a
+/// reconnect, so `C_Finalize` never runs while another thread is inside
+/// the library (SoftHSM frees the sessions under it). Operations are short
+/// and fail fast on a dead token, so a reconnect waits milliseconds.
+/// Order: `MODULE`, then a backend's connection mutex, then `LIFECYCLE`.
+static MODULE: RwLock<()> = RwLock::new(());
+
 fn initialize(pkcs11: &Pkcs11) -> Result<(), CkError> {
     let _guard = LIFECYCLE.lock().unwrap_or_else(|p| p.into_inner());
     match pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
@@ -464,6 +506,13 @@ fn login(session: &Session, pin: &AuthPin, describe: &str) -> Result<(), KeyErro
         Err(CkError::Pkcs11(RvError::PinLocked, _)) => {
             Err(KeyError::PinLocked(describe.to_string()))
         }
+        // C_InitToken done, C_InitPIN not yet: an officer is initializing
+        // the token at this moment. It cannot be used yet, but will be:
+        // unavailable (503, retried), not a fault of the request.
+        Err(CkError::Pkcs11(RvError::UserPinNotInitialized, _)) => Err(KeyError::Unavailable {
+            backend: describe.to_string(),
+            detail: "the token has no user PIN yet (it is being initialized)".into(),
+        }),
         Err(e) => Err(KeyError::Device {
             op: "C_Login",
             detail: e.to_string(),
@@ -472,6 +521,31 @@ fn login(session: &Session, pin: &AuthPin, describe: &str) -> Result<(), KeyErro
 }
 
 impl Shared {
+    /// [`login`], unless the token has refused the PIN before: then that
+    /// refusal again, without spending another of the token's tries.
+    fn login_once(&self, session: &Session) -> Result<(), KeyError> {
+        let mut refused = self.pin_refused.lock().unwrap_or_else(|p| p.into_inner());
+        match *refused {
+            Some(PinRefusal::Wrong) => return Err(KeyError::WrongPin(self.describe.clone())),
+            Some(PinRefusal::Locked) => return Err(KeyError::PinLocked(self.describe.clone())),
+            None => {}
+        }
+        let result = login(session, &self.pin, &self.describe);
+        let (refusal, error) = match &result {
+            Err(e @ KeyError::WrongPin(_)) => (PinRefusal::Wrong, e),
+            Err(e @ KeyError::PinLocked(_)) => (PinRefusal::Locked, e),
+            _ => return result,
+        };
+        tracing::error!(
+            backend = %self.describe,
+            %error,
+            "the token refused the PIN; signet will not log in again until it is restarted, \
+             so that the token does not lock the PIN"
+        );
+        *refused = Some(refusal);
+        result
+    }
+
     fn unavailable(&self, detail: impl Into<String>) -> KeyError {
         KeyError::Unavailable {
             backend: self.describe.clone(),
@@ -486,39 +560,52 @@ impl Shared {
         live: &mut Option<Live>,
         f: impl FnOnce(&mut Live) -> Result<R, OpError>,
     ) -> Result<R, KeyError> {
-        let (generation, slot, pkcs11, known) = self.current()?;
+        // `_in_use` keeps any reconnect (C_Finalize) out until we are done.
+        let (current, _in_use) = self.current()?;
+        let generation = current.generation;
         if live.as_ref().is_none_or(|l| l.generation != generation) {
-            // Dropping an old session against a finalized module only
-            // returns an error inside Drop, which cryptoki ignores.
-            *live = None;
-            let session = match pkcs11.open_rw_session(slot) {
+            if let Some(old) = live.take() {
+                old.abandon();
+            }
+            let session = match current.pkcs11.open_rw_session(current.slot) {
                 Ok(s) => s,
                 Err(e) => return Err(self.mark_down(generation, "C_OpenSession", &e.to_string())),
             };
             // A token that came back with another PIN, or locked, needs an
-            // officer; the device is reachable, so that error is returned as is.
-            login(&session, &self.pin, &self.describe)?;
+            // officer; the device is reachable, so that error is returned as
+            // is. One still being initialized (no user PIN yet) is down: the
+            // library only sees the officer's C_InitPIN from another process
+            // after the reconnect's C_Initialize.
+            match self.login_once(&session) {
+                Ok(()) => {}
+                Err(KeyError::Unavailable { detail, .. }) => {
+                    return Err(self.mark_down(generation, "C_Login", &detail));
+                }
+                Err(e) => return Err(e),
+            }
             *live = Some(Live {
                 session,
                 generation,
                 handles: HashMap::new(),
-                known,
+                known: current.known,
             });
         }
         let Some(l) = live.as_mut() else {
             return Err(self.unavailable("no session"));
         };
+        let gone = |live: &mut Option<Live>, op, detail: &str| {
+            // The session died with the token; the reconnect's C_Finalize
+            // releases it.
+            if let Some(old) = live.take() {
+                old.abandon();
+            }
+            self.mark_down(generation, op, detail)
+        };
         match f(l) {
             Ok(r) => Ok(r),
             Err(OpError::Key(e)) => Err(e),
-            Err(OpError::Ck(op, e)) if is_gone(&e) => {
-                *live = None;
-                Err(self.mark_down(generation, op, &e.to_string()))
-            }
-            Err(OpError::Gone(op, detail)) => {
-                *live = None;
-                Err(self.mark_down(generation, op, &detail))
-            }
+            Err(OpError::Ck(op, e)) if is_gone(&e) => Err(gone(live, op, &e.to_string())),
+            Err(OpError::Gone(op, detail)) => Err(gone(live, op, &detail)),
             Err(OpError::Ck(op, e)) => Err(KeyError::Device {
                 op,
                 detail: e.to_string(),
@@ -527,17 +614,44 @@ impl Shared {
     }
 
     /// The current connection, reconnecting first if it is down and the
-    /// last attempt is old enough.
-    #[allow(clippy::type_complexity)]
-    fn current(&self) -> Result<(u64, Slot, Pkcs11, Arc<Mutex<HashSet<Kid>>>), KeyError> {
+    /// last attempt is old enough, with [`MODULE`] held shared: no reconnect
+    /// can finalize it until the guard is dropped.
+    fn current(&self) -> Result<(Current, RwLockReadGuard<'static, ()>), KeyError> {
+        // A bounded loop: another worker may finalize again between our
+        // reconnect and our taking the lock shared, but reconnects are at
+        // most one per RECONNECT_INTERVAL.
+        for _ in 0..3 {
+            {
+                let in_use = MODULE.read().unwrap_or_else(|p| p.into_inner());
+                let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(slot) = conn.slot {
+                    let current = Current {
+                        generation: conn.generation,
+                        slot,
+                        pkcs11: conn.pkcs11.clone(),
+                        known: conn.known.clone(),
+                    };
+                    return Ok((current, in_use));
+                }
+                if conn.last_attempt.elapsed() < RECONNECT_INTERVAL {
+                    let reason = conn.down_reason.clone().unwrap_or_default();
+                    return Err(self.unavailable(format!("{reason}; reconnecting")));
+                }
+            }
+            self.reconnect()?;
+        }
+        Err(self.unavailable("reconnecting"))
+    }
+
+    /// `C_Finalize`, `C_Initialize`, find the token again. Holds [`MODULE`]
+    /// exclusively, so it waits for operations in flight in other workers
+    /// (and other backends of this process) to leave the library first.
+    fn reconnect(&self) -> Result<(), KeyError> {
+        let _exclusive = MODULE.write().unwrap_or_else(|p| p.into_inner());
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(slot) = conn.slot {
-            return Ok((
-                conn.generation,
-                slot,
-                conn.pkcs11.clone(),
-                conn.known.clone(),
-            ));
+        if conn.slot.is_some() {
+            // Another worker reconnected while we waited for the lock.
+            return Ok(());
         }
         if conn.last_attempt.elapsed() < RECONNECT_INTERVAL {
             let reason = conn.down_reason.clone().unwrap_or_default();
@@ -567,12 +681,7 @@ impl Shared {
         conn.down_reason = None;
         conn.known = Arc::default();
         tracing::info!(backend = %self.describe, generation = conn.generation, "PKCS#11 token reconnected");
-        Ok((
-            conn.generation,
-            slot,
-            conn.pkcs11.clone(),
-            conn.known.clone(),
-        ))
+        Ok(())
     }
 
     fn mark_down(&self, generation: u64, op: &'static str, e: &str) -> KeyError {
@@ -589,6 +698,46 @@ impl Shared {
 }
 
 impl Live {
+    /// Every signet key on the token, once.
+    fn list_keys(&mut self) -> Result<Vec<StoredKey>, OpError> {
+        let privates = self
+            .session
+            .find_objects(&[
+                Attribute::Class(ObjectClass::PRIVATE_KEY),
+                Attribute::KeyType(KeyType::EC),
+            ])
+            .op("C_FindObjects")?;
+        let mut keys = Vec::new();
+        for h in privates {
+            if let Some(k) = self.read_key(h)? {
+                keys.push(k);
+            }
+        }
+        // A key this connection has used that the listing lacks: the token
+        // was removed or swapped under us (SoftHSM then lists nothing rather
+        // than failing). Reconnect, as a signature would.
+        let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(gone) = known.iter().find(|k| !keys.iter().any(|s| s.kid == **k)) {
+            return Err(OpError::Gone(
+                "C_FindObjects",
+                format!("key {gone} vanished from the token"),
+            ));
+        }
+        drop(known);
+        Ok(keys)
+    }
+
+    /// Lets go of the session without `C_CloseSession`: it belongs to a
+    /// connection that is down or already finalized, and finalizing closes
+    /// every session; after the next `C_Initialize` its handle number may
+    /// name another worker's new session, which closing it would close. What
+    /// stays behind is the session's small handle struct, once per worker
+    /// per reconnect.
+    fn abandon(self) {
+        let Live { session, .. } = self;
+        std::mem::forget(session);
+    }
+
     /// The private (`private = true`) or public key object with this kid.
     fn handle(&mut self, kid: &Kid, private: bool) -> Result<ObjectHandle, OpError> {
         if let Some(h) = self.handles.get(&(*kid, private)) {
@@ -747,21 +896,23 @@ impl KeyBackend for Pkcs11Backend {
     }
 
     fn list(&self) -> Result<Vec<StoredKey>, KeyError> {
-        self.run(|live| {
-            let privates = live
-                .session
-                .find_objects(&[
-                    Attribute::Class(ObjectClass::PRIVATE_KEY),
-                    Attribute::KeyType(KeyType::EC),
-                ])
-                .op("C_FindObjects")?;
-            let mut keys = Vec::new();
-            for h in privates {
-                if let Some(k) = live.read_key(h)? {
-                    keys.push(k);
+        self.run(move |live| {
+            // Another process may be writing to the token while we read it
+            // (an officer's `signet hsm init` provisioning a re-initialized
+            // token under the running service): an object found a moment
+            // ago may answer "invalid handle", or its attributes may read
+            // back torn. That is a race, not a fault: read the listing
+            // again after a moment. An error that persists is returned.
+            for attempt in 1..LIST_ATTEMPTS {
+                match live.list_keys() {
+                    Err(OpError::Ck(_, e)) if !is_gone(&e) => {
+                        live.handles.clear();
+                        std::thread::sleep(Duration::from_millis(2 << attempt));
+                    }
+                    other => return other,
                 }
             }
-            Ok(keys)
+            live.list_keys()
         })
     }
 

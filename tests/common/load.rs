@@ -182,13 +182,13 @@ pub fn audit_verify(data_dir: &Path, profile: &Path) -> Result<Value, String> {
     serde_json::from_slice(&out.stdout).map_err(|e| format!("audit verify JSON: {e}: {text}"))
 }
 
-/// The approval-countersign public key as PEM, exported with the officer
-/// CLI from the server's token.
-pub fn countersign_pem(profile: &Path) -> String {
+/// A role's active public key as PEM, exported with the officer CLI
+/// (`signet hsm export --role ROLE --format pem`) from the server's device.
+pub fn export_pem(profile: &Path, role: &str) -> String {
     let out = Command::new(signet_bin())
         .args(["hsm", "export", "--profile"])
         .arg(profile)
-        .args(["--role", "approval-countersign", "--format", "pem"])
+        .args(["--role", role, "--format", "pem"])
         .output()
         .expect("run signet hsm export");
     assert!(

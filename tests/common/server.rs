@@ -1,7 +1,8 @@
-//! A real `signet serve` process for integration tests: its own SoftHSM
-//! token (keys provisioned with `signet hsm init`), its own test PKI, a
-//! config in a temporary directory, port 0 on 127.0.0.1 (the server prints
-//! the port it got), stopped by PID with SIGTERM on drop.
+//! A real `signet serve` process for integration tests: its own key device
+//! (a SoftHSM token by default, or an swtpm: [`SignetServer::start_on`]),
+//! keys provisioned with `signet hsm init`, its own test PKI, a config in a
+//! temporary directory, port 0 on 127.0.0.1 (the server prints the port it
+//! got), stopped by PID with SIGTERM on drop.
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
@@ -13,6 +14,7 @@ use serde_json::Value;
 
 use super::pki::{self, TestPki};
 use super::softhsm::SoftHsm;
+use super::swtpm::Swtpm;
 
 pub const RP_ID: &str = "localhost";
 pub const ORIGIN: &str = "https://localhost";
@@ -37,11 +39,65 @@ pub fn allow_root_if_root(cmd: &mut Command) -> &mut Command {
     cmd
 }
 
+/// The key device a test server runs on.
+pub enum KeyDevice {
+    SoftHsm(SoftHsm),
+    /// An swtpm, and the profile naming it (written beside the fixture's
+    /// state, keys in the fixture's key directory).
+    Swtpm {
+        tpm: Swtpm,
+        profile: PathBuf,
+    },
+}
+
+impl KeyDevice {
+    /// A fresh SoftHSM token.
+    pub fn softhsm() -> KeyDevice {
+        KeyDevice::SoftHsm(SoftHsm::new())
+    }
+
+    /// A fresh swtpm and a profile for it.
+    pub fn swtpm() -> KeyDevice {
+        let tpm = Swtpm::start();
+        let profile = tpm.write_profile();
+        KeyDevice::Swtpm { tpm, profile }
+    }
+
+    /// The HSM profile `signet hsm ...` and the server's `keys.profile` use.
+    pub fn profile_path(&self) -> PathBuf {
+        match self {
+            KeyDevice::SoftHsm(hsm) => hsm.profile_path(),
+            KeyDevice::Swtpm { profile, .. } => profile.clone(),
+        }
+    }
+
+    /// The swtpm, for tests that kill and restart it; panics on SoftHSM.
+    pub fn swtpm_mut(&mut self) -> &mut Swtpm {
+        match self {
+            KeyDevice::Swtpm { tpm, .. } => tpm,
+            KeyDevice::SoftHsm(_) => panic!("this test server runs on SoftHSM, not swtpm"),
+        }
+    }
+}
+
+/// Most tests run on SoftHSM and reach the token as `server.hsm.label`,
+/// `server.hsm.token_store_dir()`, ...: those keep working. On an swtpm
+/// server they panic, naming the mix-up.
+impl std::ops::Deref for KeyDevice {
+    type Target = SoftHsm;
+    fn deref(&self) -> &SoftHsm {
+        match self {
+            KeyDevice::SoftHsm(hsm) => hsm,
+            KeyDevice::Swtpm { .. } => panic!("this test server runs on swtpm, not SoftHSM"),
+        }
+    }
+}
+
 pub struct SignetServer {
     pub addr: SocketAddr,
     pub dir: tempfile::TempDir,
     pub pki: TestPki,
-    pub hsm: SoftHsm,
+    pub hsm: KeyDevice,
     pub config: PathBuf,
     child: Option<Child>,
     stderr: Option<std::thread::JoinHandle<String>>,
@@ -56,17 +112,13 @@ impl SignetServer {
     /// A server whose config has `extra` TOML appended (e.g. a `[limits]`
     /// table).
     pub fn start_with(extra: &str) -> SignetServer {
-        let hsm = SoftHsm::new();
-        let out = Command::new(signet_bin())
-            .args(["hsm", "init", "--profile"])
-            .arg(hsm.profile_path())
-            .output()
-            .expect("run signet hsm init");
-        assert!(
-            out.status.success(),
-            "hsm init: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        SignetServer::start_on(KeyDevice::softhsm(), extra)
+    }
+
+    /// A server on `hsm` (its keys provisioned here with `signet hsm
+    /// init`), with `extra` TOML appended to the config.
+    pub fn start_on(hsm: KeyDevice, extra: &str) -> SignetServer {
+        hsm_init(&hsm.profile_path());
         let dir = tempfile::tempdir().expect("tempdir");
         let pki = pki::generate(&dir.path().join("pki"));
         let config = dir.path().join("signet.toml");
@@ -251,6 +303,29 @@ impl Drop for SignetServer {
                 eprintln!("---- signet serve stderr ----\n{log}");
             }
         }
+    }
+}
+
+/// `signet hsm init --profile PROFILE`: creates the missing role keys, as
+/// an officer provisioning a device does; panics (failing the test) if it
+/// fails.
+pub fn hsm_init(profile: &Path) {
+    if let Err(e) = try_hsm_init(profile) {
+        panic!("hsm init: {e}");
+    }
+}
+
+/// `signet hsm init --profile PROFILE`; its stderr if it fails.
+pub fn try_hsm_init(profile: &Path) -> Result<(), String> {
+    let out = Command::new(signet_bin())
+        .args(["hsm", "init", "--profile"])
+        .arg(profile)
+        .output()
+        .expect("run signet hsm init");
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
     }
 }
 

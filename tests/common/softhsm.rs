@@ -151,13 +151,88 @@ impl SoftHsm {
     /// Deletes the token and makes a new, empty one with the same label and PIN,
     /// as an officer re-initializing the slot would.
     pub fn reinitialize(&self) {
-        softhsm2_util(&["--delete-token", "--token", &self.label]);
-        init_token(&self.label, PIN);
+        self.reinitialize_with_pin(PIN);
+    }
+
+    /// [`SoftHsm::reinitialize`] with another user PIN than the profile's.
+    pub fn reinitialize_with_pin(&self, pin: &str) {
+        self.erase();
+        init_token(&self.label, pin);
+    }
+
+    /// Deletes the token. It leaves the token directory in one rename (what
+    /// `softhsm2-util --delete-token` does file by file races a running
+    /// process that still opens the token's lock files, and then fails to
+    /// remove the directory), and is deleted outside it.
+    pub fn erase(&self) {
+        let store = self.token_store_dir();
+        let erased = self.dir.path().join(format!(
+            "erased-{}",
+            store
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("token")
+        ));
+        std::fs::rename(&store, &erased).expect("move the token out of the token directory");
+        // A process may still create a lock file in it; what is left goes
+        // with the fixture's directory.
+        let _ = std::fs::remove_dir_all(&erased);
+    }
+
+    /// The first half of initializing a token as a security officer does it
+    /// with a vendor tool: `C_InitToken` (label and SO PIN) on the free
+    /// slot, without a user PIN yet. [`SoftHsm::init_user_pin`] is the
+    /// second half.
+    pub fn init_token_without_user_pin(&self) {
+        pkcs11_tool(&[
+            "--slot",
+            &free_slot(),
+            "--init-token",
+            "--label",
+            &self.label,
+            "--so-pin",
+            SO_PIN,
+        ]);
+    }
+
+    /// `C_InitPIN` by the security officer: the token's user PIN.
+    pub fn init_user_pin(&self) {
+        init_pin(&self.label, PIN);
     }
 }
 
+/// The id of the slot SoftHSM keeps free for a new token.
+fn free_slot() -> String {
+    let mut slot = None;
+    for line in softhsm2_util(&["--show-slots"]).lines() {
+        let line = line.trim();
+        if let Some(id) = line.strip_prefix("Slot ") {
+            slot = Some(id.trim().to_string());
+        }
+        if line.strip_prefix("Initialized:").map(str::trim) == Some("no") {
+            return slot.expect("a slot before its token info");
+        }
+    }
+    panic!("SoftHSM shows no free slot");
+}
+
+pub fn pkcs11_tool(args: &[&str]) -> String {
+    let out = Command::new("pkcs11-tool")
+        .args(["--module", MODULE])
+        .args(args)
+        .env("SOFTHSM2_CONF", conf())
+        .output()
+        .expect("run pkcs11-tool (apt-get install opensc)");
+    assert!(
+        out.status.success(),
+        "pkcs11-tool {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 pub fn init_token(label: &str, pin: &str) {
-    softhsm2_util(&[
+    let args = [
         "--init-token",
         "--free",
         "--label",
@@ -166,7 +241,61 @@ pub fn init_token(label: &str, pin: &str) {
         pin,
         "--so-pin",
         SO_PIN,
+    ];
+    let out = Command::new("softhsm2-util")
+        .args(args)
+        .env("SOFTHSM2_CONF", conf())
+        .output()
+        .expect("run softhsm2-util (apt-get install softhsm2)");
+    if out.status.success() {
+        return;
+    }
+    // A process scanning the token directory at that moment (a running
+    // server reconnecting) can make softhsm2-util fail after C_InitToken,
+    // before C_InitPIN. Another --init-token would make a second token with
+    // this label: finish the one that is there, as an officer would.
+    match user_pin_initialized(label) {
+        Some(true) => {}
+        Some(false) => init_pin(label, pin),
+        None => panic!(
+            "softhsm2-util {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
+/// `C_InitPIN` by the security officer (pkcs11-tool).
+fn init_pin(label: &str, pin: &str) {
+    pkcs11_tool(&[
+        "--token-label",
+        label,
+        "--login",
+        "--login-type",
+        "so",
+        "--so-pin",
+        SO_PIN,
+        "--init-pin",
+        "--pin",
+        pin,
     ]);
+}
+
+/// Whether the token labelled `label` has its user PIN; `None`: no such token.
+fn user_pin_initialized(label: &str) -> Option<bool> {
+    let mut pin_initialized = None;
+    for line in softhsm2_util(&["--show-slots"]).lines() {
+        let line = line.trim();
+        if line.starts_with("Slot ") {
+            pin_initialized = None;
+        }
+        if let Some(v) = line.strip_prefix("User PIN init.:") {
+            pin_initialized = Some(v.trim() == "yes");
+        }
+        if line.strip_prefix("Label:").map(str::trim) == Some(label) {
+            return pin_initialized;
+        }
+    }
+    None
 }
 
 pub fn softhsm2_util(args: &[&str]) -> String {

@@ -63,6 +63,23 @@ impl Swtpm {
         }
     }
 
+    /// Writes an HSM profile for this instance into the fixture's directory
+    /// (as `scripts/swtpm-up` does for a shell) and returns its path: what
+    /// `signet hsm ...` and a server's `keys.profile` take.
+    pub fn write_profile(&self) -> PathBuf {
+        let path = self.dir.path().join("profile.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "backend = \"tpm\"\n[tpm]\ntcti = \"{}\"\nkey_dir = \"{}\"\n",
+                self.tcti(),
+                self.key_dir().display()
+            ),
+        )
+        .expect("write swtpm profile");
+        path
+    }
+
     pub fn tcti(&self) -> String {
         format!("swtpm:host=127.0.0.1,port={}", self.port)
     }

@@ -1,7 +1,9 @@
 //! `/healthz`, `/readyz` and `/metrics` (role `monitor`).
 //!
 //! `/healthz` says the process serves requests. `/readyz` says it can do
-//! its work: the store answers a read and the key device answers a ping;
+//! its work: the store answers a read, and the key device answers and holds
+//! an active key for every role (a token wiped under the running service
+//! answers pings, but cannot sign until an officer provisions it again);
 //! otherwise 503 naming what failed, so a load balancer takes the node out
 //! while the HSM recovers.
 
@@ -33,7 +35,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
     let s = state.services.clone();
     let checked = tokio::task::spawn_blocking(move || {
         let store = s.store.audit_last().map(|_| ()).map_err(|e| e.to_string());
-        let keys = s.keys.backend().ping().map_err(|e| e.to_string());
+        let keys = s.keys.ready().map_err(|e| e.to_string());
         (store, keys)
     })
     .await;

@@ -12,6 +12,8 @@ pub mod evidence;
 pub mod evidence_log;
 pub mod files;
 pub mod flows;
+#[cfg(feature = "testkit")]
+pub mod fuzzing;
 pub mod hex;
 pub mod identity;
 pub mod keys;

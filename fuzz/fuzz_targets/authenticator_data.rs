@@ -1,8 +1,5 @@
-//! Authenticator data: flags, lengths, attested credential data, extensions.
+//! See signet::fuzzing::authenticator_data, which tests/fuzz_regressions.rs also runs.
 #![no_main]
-use libfuzzer_sys::fuzz_target;
-use signet::webauthn::authenticator_data::AuthenticatorData;
-
-fuzz_target!(|data: &[u8]| {
-    let _ = AuthenticatorData::parse(data, "authenticatorData");
+libfuzzer_sys::fuzz_target!(init: signet::fuzzing::init("authenticator_data"), |data: &[u8]| {
+    signet::fuzzing::authenticator_data(data)
 });

@@ -1,13 +1,5 @@
-//! clientDataJSON parsing and checking: any bytes must give a value or an
-//! error, never a panic.
+//! See signet::fuzzing::client_data, which tests/fuzz_regressions.rs also runs.
 #![no_main]
-use libfuzzer_sys::fuzz_target;
-use signet::webauthn::RelyingParty;
-use signet::webauthn::client_data::{CeremonyType, ClientData};
-
-fuzz_target!(|data: &[u8]| {
-    if let Ok(cd) = ClientData::parse(data) {
-        let rp = RelyingParty::new("example.org", vec!["https://example.org".into()]);
-        let _ = cd.check(&[CeremonyType::Get, CeremonyType::Create], &[0u8; 16], &rp);
-    }
+libfuzzer_sys::fuzz_target!(init: signet::fuzzing::init("client_data"), |data: &[u8]| {
+    signet::fuzzing::client_data(data)
 });

@@ -675,10 +675,7 @@ fn the_unit_runs_signet_serve_as_the_cli_defines_it() {
     // A token locks its PIN after a few wrong tries: serve exits 3 when the
     // PIN is refused, and systemd must not restart it then.
     assert_eq!(service(&unit, "RestartPreventExitStatus"), ["3"]);
-    assert!(
-        help.contains("3 the key device refused the PIN"),
-        "{help}"
-    );
+    assert!(help.contains("3 the key device refused the PIN"), "{help}");
 }
 
 #[test]

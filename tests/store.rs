@@ -7,7 +7,9 @@
 use std::path::Path;
 
 use signet::store::sled_store::{SCHEMA_FORMAT, SCHEMA_VERSION, SEGMENT_SIZE, trees};
-use signet::store::{SledStore, Store, StoreError};
+use signet::store::{PgStore, SledStore, Store, StoreError};
+
+mod common;
 
 pub mod suite {
     use std::collections::BTreeSet;
@@ -3008,7 +3010,7 @@ macro_rules! backend_tests {
                 fn $name() {
                     let dir = tempfile::tempdir().unwrap();
                     let store = ($open)(dir.path());
-                    super::suite::$name(&store);
+                    super::suite::$name(super::Backend::store(&store));
                 }
             )*
         }
@@ -3019,9 +3021,64 @@ fn open_sled(dir: &Path) -> SledStore {
     SledStore::open(&dir.join("store")).unwrap()
 }
 
+/// What a backend's fixture hands the suites.
+trait Backend {
+    fn store(&self) -> &dyn Store;
+}
+
+impl Backend for SledStore {
+    fn store(&self) -> &dyn Store {
+        self
+    }
+}
+
+/// A PgStore on a fresh database of the PostgreSQL scripts/test started,
+/// migrated as `signet store migrate` does; the database is dropped with it.
+struct PgBackend {
+    store: PgStore,
+    _db: common::postgres::TestDb,
+}
+
+impl Backend for PgBackend {
+    fn store(&self) -> &dyn Store {
+        &self.store
+    }
+}
+
+fn open_pg(_dir: &Path) -> PgBackend {
+    let db = common::postgres::TestDb::new();
+    let options = common::pg_store::options(&db);
+    assert_eq!(PgStore::migrate(&options, 1).unwrap(), vec![1]);
+    PgBackend {
+        store: PgStore::connect(&options).unwrap(),
+        _db: db,
+    }
+}
+
 backend_tests!(
     sled_backend,
     super::open_sled,
+    [
+        users,
+        users_race,
+        credentials,
+        credentials_scan,
+        credentials_race,
+        counters,
+        counters_race,
+        ceremonies,
+        ceremonies_race,
+        sweep,
+        audit,
+        audit_race,
+        metadata,
+        metadata_race,
+    ]
+);
+
+backend_tests!(
+    postgres_backend,
+    super::open_pg,
     [
         users,
         users_race,
@@ -3048,7 +3105,7 @@ macro_rules! device_tests {
                 fn $name() {
                     let dir = tempfile::tempdir().unwrap();
                     let store = ($open)(dir.path());
-                    super::device_suite::$name(&store);
+                    super::device_suite::$name(super::Backend::store(&store));
                 }
             )*
         }
@@ -3061,6 +3118,12 @@ device_tests!(
     [devices, binding, binding_race]
 );
 
+device_tests!(
+    postgres_devices,
+    super::open_pg,
+    [devices, binding, binding_race]
+);
+
 macro_rules! transaction_tests {
     ($backend:ident, $open:expr, [$($name:ident),* $(,)?]) => {
         mod $backend {
@@ -3069,7 +3132,7 @@ macro_rules! transaction_tests {
                 fn $name() {
                     let dir = tempfile::tempdir().unwrap();
                     let store = ($open)(dir.path());
-                    super::transaction_suite::$name(&store);
+                    super::transaction_suite::$name(super::Backend::store(&store));
                 }
             )*
         }
@@ -3088,6 +3151,18 @@ transaction_tests!(
     ]
 );
 
+transaction_tests!(
+    postgres_transactions,
+    super::open_pg,
+    [
+        transactions,
+        transaction_limits,
+        transaction_updates,
+        approval,
+        approval_race,
+    ]
+);
+
 macro_rules! pairing_tests {
     ($backend:ident, $open:expr, [$($name:ident),* $(,)?]) => {
         mod $backend {
@@ -3096,7 +3171,7 @@ macro_rules! pairing_tests {
                 fn $name() {
                     let dir = tempfile::tempdir().unwrap();
                     let store = ($open)(dir.path());
-                    super::pairing_suite::$name(&store);
+                    super::pairing_suite::$name(super::Backend::store(&store));
                 }
             )*
         }
@@ -3106,6 +3181,21 @@ macro_rules! pairing_tests {
 pairing_tests!(
     sled_pairings,
     super::open_sled,
+    [
+        pairings,
+        pairing_limits,
+        pairing_updates,
+        pairing_transitions,
+        pairing_fixed_fields,
+        pairing_approval,
+        pairing_claim_race,
+        pairing_approval_race,
+    ]
+);
+
+pairing_tests!(
+    postgres_pairings,
+    super::open_pg,
     [
         pairings,
         pairing_limits,
@@ -3483,4 +3573,178 @@ fn background_sweeper_purges_with_an_injected_clock() {
     }
     drop(sweeper);
     assert_eq!(store.sweep_expired(u64::MAX, 100).unwrap(), 0);
+}
+
+// ---- PostgreSQL backend specifics ----------------------------------------
+
+/// `signet store migrate` applies each migration once; a second run, or a
+/// second instance migrating at the same time, applies nothing.
+#[test]
+fn postgres_migrations_apply_once_even_concurrently() {
+    let db = common::postgres::TestDb::new();
+    let options = common::pg_store::options(&db);
+    let applied: Vec<Vec<i32>> = std::thread::scope(|s| {
+        let runs: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| PgStore::migrate(&options, 7).unwrap()))
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    assert_eq!(
+        applied.iter().filter(|a| **a == vec![1]).count(),
+        1,
+        "{applied:?}"
+    );
+    assert_eq!(
+        applied.iter().filter(|a| a.is_empty()).count(),
+        3,
+        "{applied:?}"
+    );
+    assert!(PgStore::migrate(&options, 8).unwrap().is_empty());
+    assert_eq!(
+        db.psql("SELECT version, name, applied_ms FROM signet_schema"),
+        "1|initial|7\n"
+    );
+}
+
+/// A database without signet's schema, with an older or a newer one, is
+/// refused at connect, naming the command that fixes it.
+#[test]
+fn postgres_connect_checks_the_schema() {
+    let db = common::postgres::TestDb::new();
+    let options = common::pg_store::options(&db);
+    let text = PgStore::connect(&options).unwrap_err().to_string();
+    assert!(
+        text.contains("no signet schema") && text.contains("signet store migrate"),
+        "{text}"
+    );
+    PgStore::migrate(&options, 1).unwrap();
+    assert!(PgStore::connect(&options).is_ok());
+    db.psql("INSERT INTO signet_schema VALUES (99, 'future', 1)");
+    assert!(matches!(
+        PgStore::connect(&options),
+        Err(StoreError::UnsupportedVersion { found: 99, .. })
+    ));
+    assert!(matches!(
+        PgStore::migrate(&options, 1),
+        Err(StoreError::UnsupportedVersion { found: 99, .. })
+    ));
+}
+
+/// An acknowledged write must survive the database's crash: a server (or a
+/// database) that acknowledges commits before they are flushed is refused.
+#[test]
+fn postgres_refuses_commits_that_are_not_durable() {
+    let db = common::postgres::TestDb::new();
+    let options = common::pg_store::options(&db);
+    PgStore::migrate(&options, 1).unwrap();
+    db.psql(&format!(
+        "ALTER DATABASE {} SET synchronous_commit = off",
+        db.name
+    ));
+    let text = PgStore::connect(&options).unwrap_err().to_string();
+    assert!(text.contains("synchronous_commit = off"), "{text}");
+    db.psql(&format!(
+        "ALTER DATABASE {} SET synchronous_commit = on",
+        db.name
+    ));
+    assert!(PgStore::connect(&options).is_ok());
+}
+
+/// The URL carries no password (it would sit in a config file and in
+/// process listings), the server is verified against the configured CA
+/// only, and a wrong password is refused by the server.
+#[test]
+fn postgres_connection_is_verified_and_authenticated() {
+    let db = common::postgres::TestDb::new();
+    let mut options = common::pg_store::options(&db);
+    PgStore::migrate(&options, 1).unwrap();
+
+    let url = options.url.clone();
+    options.url = url.replacen("signet@", "signet:secret@", 1);
+    let text = PgStore::connect(&options).unwrap_err().to_string();
+    assert!(
+        text.contains("store.postgres.url") && text.contains("password_file"),
+        "{text}"
+    );
+    options.url = url;
+
+    let good_tls = options.tls.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let other = common::pki::generate(dir.path());
+    options.tls =
+        signet::store::pg_tls::client_config(&std::fs::read(&other.ca_cert).unwrap()).unwrap();
+    let text = format!("{:?}", PgStore::connect(&options).unwrap_err());
+    assert!(
+        text.contains("TLS handshake") && text.contains("invalid peer certificate: UnknownIssuer"),
+        "{text}"
+    );
+    options.tls = good_tls;
+
+    options.password = zeroize::Zeroizing::new("wrong".into());
+    let text = format!("{:?}", PgStore::connect(&options).unwrap_err());
+    assert!(text.contains("password authentication failed"), "{text}");
+}
+
+/// Two instances on one database: one audit chain, every one-time object
+/// taken once, counters never backwards, whichever instance answers.
+#[test]
+fn postgres_two_instances_share_one_chain_and_one_consumption() {
+    use signet::store::OneTime;
+    let db = common::postgres::TestDb::new();
+    let options = common::pg_store::options(&db);
+    PgStore::migrate(&options, 1).unwrap();
+    let a = PgStore::connect(&options).unwrap();
+    let b = PgStore::connect(&options).unwrap();
+    let both: [&dyn Store; 2] = [&a, &b];
+
+    std::thread::scope(|s| {
+        for (i, store) in both.iter().cycle().take(16).enumerate() {
+            s.spawn(move || {
+                for n in 0..10 {
+                    suite::append(*store, format!("instance entry {i}.{n}").as_bytes());
+                }
+            });
+        }
+    });
+    suite::assert_chain(&a, 160);
+
+    a.put_one_time(OneTime::Ceremony, b"shared", u64::MAX, b"body")
+        .unwrap();
+    let taken = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for store in both.iter().cycle().take(64) {
+            let taken = &taken;
+            s.spawn(
+                move || match store.consume_one_time(OneTime::Ceremony, b"shared", 1) {
+                    Ok(body) => {
+                        assert_eq!(body, b"body");
+                        taken.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    Err(StoreError::AlreadyConsumed { .. }) => {}
+                    Err(e) => panic!("{e}"),
+                },
+            );
+        }
+    });
+    assert_eq!(taken.into_inner(), 1);
+
+    a.put_user(&suite::user(b"u", "u")).unwrap();
+    a.insert_credential(&suite::credential(b"c", b"u")).unwrap();
+    std::thread::scope(|s| {
+        for (i, store) in both.iter().cycle().take(40).enumerate() {
+            s.spawn(move || {
+                let _ = store.update_after_assertion(b"c", i as u32 + 1, false, 1);
+            });
+        }
+    });
+    // Whatever the order, 40 is accepted when it arrives (nothing can be
+    // stored above it) and nothing lower is written after it.
+    assert_eq!(b.credential(b"c").unwrap().unwrap().sign_count, 40);
+    assert!(matches!(
+        a.update_after_assertion(b"c", 39, false, 2),
+        Err(StoreError::CounterRegression {
+            stored: 40,
+            received: 39
+        })
+    ));
 }

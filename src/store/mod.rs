@@ -71,6 +71,12 @@
 #[path = "sled.rs"]
 pub mod sled_store;
 
+pub mod pg_tls;
+// `postgres_store`, not `postgres`: inside `store` the name `postgres`
+// still means the crate.
+#[path = "postgres.rs"]
+pub mod postgres_store;
+
 use std::fmt;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -80,6 +86,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+pub use postgres_store::PgStore;
 pub use sled_store::SledStore;
 
 /// Format version of every stored record's envelope. Bump it (and keep a
@@ -1000,6 +1007,144 @@ pub trait Store: Send + Sync {
     fn flush(&self) -> Result<(), StoreError>;
 }
 
+// ---- rules every backend applies the same way ----
+
+/// Records replaced by compare-and-swap on their revision: devices,
+/// transactions and pairings. `TREE` names where the backend keeps them (a
+/// sled tree, a PostgreSQL table), for `Corrupt` errors.
+pub(crate) trait Revised: serde::de::DeserializeOwned {
+    const TREE: &'static str;
+    const WHAT: &'static str;
+    fn key(&self) -> &[u8];
+    fn revision(&self) -> u64;
+    /// Why the stored record may not become `next`, if it may not.
+    fn refuses(&self, _next: &Self) -> Option<String> {
+        None
+    }
+}
+
+impl Revised for DeviceRecord {
+    const TREE: &'static str = "devices";
+    const WHAT: &'static str = "device";
+    fn key(&self) -> &[u8] {
+        &self.id
+    }
+    fn revision(&self) -> u64 {
+        self.revision
+    }
+}
+
+impl Revised for TransactionRecord {
+    const TREE: &'static str = "transactions";
+    const WHAT: &'static str = "transaction";
+    fn key(&self) -> &[u8] {
+        &self.id
+    }
+    fn revision(&self) -> u64 {
+        self.revision
+    }
+    /// Only a pending transaction moves: an approved one is never
+    /// approved again or reopened, whatever the caller checked.
+    fn refuses(&self, _next: &Self) -> Option<String> {
+        (self.state != TransactionState::Pending)
+            .then(|| "the transaction is closed and no longer changes".into())
+    }
+}
+
+impl Revised for PairingRecord {
+    const TREE: &'static str = "pairings";
+    const WHAT: &'static str = "pairing";
+    fn key(&self) -> &[u8] {
+        &self.id
+    }
+    fn revision(&self) -> u64 {
+        self.revision
+    }
+    /// The state machine, enforced where the state is kept, and what each
+    /// step may change: what the desktop was given never changes, the
+    /// claim alone names the phone and the user, the approval alone sets
+    /// the approval.
+    fn refuses(&self, next: &Self) -> Option<String> {
+        use PairingState as P;
+        if !self.state.may_become(next.state) {
+            return Some(format!(
+                "a {} pairing cannot become {}",
+                self.state, next.state
+            ));
+        }
+        let fixed = self.code_sha256 == next.code_sha256
+            && self.desktop_secret_sha256 == next.desktop_secret_sha256
+            && self.nonce == next.nonce
+            && self.action == next.action
+            && self.context == next.context
+            && self.created_ms == next.created_ms;
+        if !fixed {
+            return Some("a pairing's code, secret, nonce, action and context never change".into());
+        }
+        let claiming = self.state == P::Created && next.state == P::Claimed;
+        if !claiming
+            && (self.phone_secret_sha256 != next.phone_secret_sha256
+                || self.user_id != next.user_id)
+        {
+            return Some("only the claim names the phone and the user".into());
+        }
+        let approving = self.state == P::Claimed && next.state == P::Approved;
+        if !approving && self.approval != next.approval {
+            return Some("only the approval sets the approval".into());
+        }
+        None
+    }
+}
+
+/// Whether `next` may replace `stored` (kept under `key`): the stored
+/// record is the one named, its rules allow the change, and `next` has the
+/// revision after it. The one compare-and-swap rule of every backend.
+pub(crate) fn check_swap<R: Revised>(key: &[u8], stored: &R, next: &R) -> Result<(), StoreError> {
+    if stored.key() != key {
+        return Err(StoreError::Corrupt {
+            tree: R::TREE,
+            key: hex(key),
+            detail: "record carries another id than its key".into(),
+        });
+    }
+    if let Some(detail) = stored.refuses(next) {
+        return Err(StoreError::Conflict { detail });
+    }
+    if stored.revision().checked_add(1) != Some(next.revision()) {
+        return Err(StoreError::Conflict {
+            detail: format!(
+                "{} changed concurrently (revision {} stored, {} written)",
+                R::WHAT,
+                stored.revision(),
+                next.revision()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// A verified assertion's effect on its credential: the counter only
+/// grows (two zeros pass: authenticators without counters).
+pub(crate) fn advance_counter(
+    record: &mut CredentialRecord,
+    new_sign_count: u32,
+    backup_state: bool,
+    used_ms: u64,
+) -> Result<(), StoreError> {
+    let stored = record.sign_count;
+    if (stored != 0 || new_sign_count != 0) && new_sign_count <= stored {
+        return Err(StoreError::CounterRegression {
+            stored,
+            received: new_sign_count,
+        });
+    }
+    record.sign_count = new_sign_count;
+    record.backup_state = backup_state;
+    // Zero-counter authenticators race freely; keep the latest use.
+    record.last_used_ms = Some(record.last_used_ms.map_or(used_ms, |t| t.max(used_ms)));
+    Ok(())
+}
+
 // ---- validation (shared by every backend, so the limits are one rule) ----
 
 fn check_len(field: &'static str, len: usize, min: usize, max: usize) -> Result<(), StoreError> {
@@ -1113,7 +1258,30 @@ pub(crate) fn check_catalog(
             ),
         });
     }
-    entries.iter().try_for_each(MetadataEntry::validate)
+    entries.iter().try_for_each(MetadataEntry::validate)?;
+    // One AAGUID (or key id), one statement: an ambiguous catalog would let
+    // the order of entries decide which status applies.
+    let mut aaguids = std::collections::HashSet::new();
+    let mut key_ids = std::collections::HashSet::new();
+    for entry in entries {
+        if let Some(aaguid) = &entry.aaguid
+            && !aaguids.insert(aaguid.as_slice())
+        {
+            return Err(StoreError::Invalid {
+                field: "metadata aaguid",
+                detail: format!("{} appears in more than one entry", hex(aaguid)),
+            });
+        }
+        for key_id in &entry.key_ids {
+            if !key_ids.insert(key_id.as_str()) {
+                return Err(StoreError::Invalid {
+                    field: "metadata key id",
+                    detail: format!("{key_id} appears in more than one entry"),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A failure text as stored: bounded, so a hostile server's error body

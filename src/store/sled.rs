@@ -53,9 +53,9 @@ use sled::{IVec, Tree};
 use super::{
     AUDIT_GENESIS_PREV_HASH, AuditBuilder, AuditEntry, CatalogInfo, Checkpoint, CredentialRecord,
     DeviceId, DeviceRecord, GroupCommit, MetadataEntry, MetadataStatus, OneTime, PairingId,
-    PairingRecord, Store, StoreError, TransactionId, TransactionRecord, TransactionState, User,
-    bounded_text, check_catalog, check_credential_id, check_flag_reason, check_one_time,
-    decode_record, encode_record, hex,
+    PairingRecord, Revised, Store, StoreError, TransactionId, TransactionRecord, TransactionState,
+    User, advance_counter, bounded_text, check_catalog, check_credential_id, check_flag_reason,
+    check_one_time, check_swap, decode_record, encode_record, hex,
 };
 
 /// Tree names, public so tests (and forensic tools) can reach the raw data.
@@ -213,91 +213,6 @@ fn decode_tx<T: serde::de::DeserializeOwned>(
     decode_record(tree, key, bytes).map_err(ConflictableTransactionError::Abort)
 }
 
-/// Records replaced by compare-and-swap on their revision.
-trait Revised: serde::de::DeserializeOwned {
-    const TREE: &'static str;
-    const WHAT: &'static str;
-    fn key(&self) -> &[u8];
-    fn revision(&self) -> u64;
-    /// Why the stored record may not become `next`, if it may not.
-    fn refuses(&self, _next: &Self) -> Option<String> {
-        None
-    }
-}
-
-impl Revised for DeviceRecord {
-    const TREE: &'static str = trees::DEVICES;
-    const WHAT: &'static str = "device";
-    fn key(&self) -> &[u8] {
-        &self.id
-    }
-    fn revision(&self) -> u64 {
-        self.revision
-    }
-}
-
-impl Revised for TransactionRecord {
-    const TREE: &'static str = trees::TRANSACTIONS;
-    const WHAT: &'static str = "transaction";
-    fn key(&self) -> &[u8] {
-        &self.id
-    }
-    fn revision(&self) -> u64 {
-        self.revision
-    }
-    /// Only a pending transaction moves: an approved one is never
-    /// approved again or reopened, whatever the caller checked.
-    fn refuses(&self, _next: &Self) -> Option<String> {
-        (self.state != TransactionState::Pending)
-            .then(|| "the transaction is closed and no longer changes".into())
-    }
-}
-
-impl Revised for PairingRecord {
-    const TREE: &'static str = trees::PAIRINGS;
-    const WHAT: &'static str = "pairing";
-    fn key(&self) -> &[u8] {
-        &self.id
-    }
-    fn revision(&self) -> u64 {
-        self.revision
-    }
-    /// The state machine, enforced where the state is kept, and what each
-    /// step may change: what the desktop was given never changes, the
-    /// claim alone names the phone and the user, the approval alone sets
-    /// the approval.
-    fn refuses(&self, next: &Self) -> Option<String> {
-        use super::PairingState as P;
-        if !self.state.may_become(next.state) {
-            return Some(format!(
-                "a {} pairing cannot become {}",
-                self.state, next.state
-            ));
-        }
-        let fixed = self.code_sha256 == next.code_sha256
-            && self.desktop_secret_sha256 == next.desktop_secret_sha256
-            && self.nonce == next.nonce
-            && self.action == next.action
-            && self.context == next.context
-            && self.created_ms == next.created_ms;
-        if !fixed {
-            return Some("a pairing's code, secret, nonce, action and context never change".into());
-        }
-        let claiming = self.state == P::Created && next.state == P::Claimed;
-        if !claiming
-            && (self.phone_secret_sha256 != next.phone_secret_sha256
-                || self.user_id != next.user_id)
-        {
-            return Some("only the claim names the phone and the user".into());
-        }
-        let approving = self.state == P::Claimed && next.state == P::Approved;
-        if !approving && self.approval != next.approval {
-            return Some("only the approval sets the approval".into());
-        }
-        None
-    }
-}
-
 /// Writes `record` (encoded as `value`) over the stored one if that one has
 /// the revision before it.
 fn swap<R: Revised>(
@@ -310,49 +225,8 @@ fn swap<R: Revised>(
         return abort(StoreError::NotFound { what: R::WHAT });
     };
     let stored: R = decode_tx(R::TREE, key, &bytes)?;
-    if stored.key() != key {
-        return abort(corrupt(
-            R::TREE,
-            key,
-            "record carries another id than its key",
-        ));
-    }
-    if let Some(detail) = stored.refuses(record) {
-        return abort(StoreError::Conflict { detail });
-    }
-    if stored.revision().checked_add(1) != Some(record.revision()) {
-        return abort(StoreError::Conflict {
-            detail: format!(
-                "{} changed concurrently (revision {} stored, {} written)",
-                R::WHAT,
-                stored.revision(),
-                record.revision()
-            ),
-        });
-    }
+    check_swap(key, &stored, record).map_err(ConflictableTransactionError::Abort)?;
     tree.insert(key, value)?;
-    Ok(())
-}
-
-/// A verified assertion's effect on its credential: the counter only
-/// grows (two zeros pass: authenticators without counters).
-fn advance_counter(
-    record: &mut CredentialRecord,
-    new_sign_count: u32,
-    backup_state: bool,
-    used_ms: u64,
-) -> Result<(), StoreError> {
-    let stored = record.sign_count;
-    if (stored != 0 || new_sign_count != 0) && new_sign_count <= stored {
-        return Err(StoreError::CounterRegression {
-            stored,
-            received: new_sign_count,
-        });
-    }
-    record.sign_count = new_sign_count;
-    record.backup_state = backup_state;
-    // Zero-counter authenticators race freely; keep the latest use.
-    record.last_used_ms = Some(record.last_used_ms.map_or(used_ms, |t| t.max(used_ms)));
     Ok(())
 }
 
@@ -1551,9 +1425,8 @@ impl Store for SledStore {
         let generation = held.generation + 1;
         self.clear_metadata_except(held.generation)?;
 
+        // check_catalog refused duplicate AAGUIDs and key ids.
         let mut batch = sled::Batch::default();
-        let mut aaguids = std::collections::HashSet::new();
-        let mut key_ids = std::collections::HashSet::new();
         for (i, entry) in entries.iter().enumerate() {
             let index = u32::try_from(i)
                 .map_err(|_| StoreError::TooLarge {
@@ -1563,23 +1436,9 @@ impl Store for SledStore {
                 .to_be_bytes();
             batch.insert(mds_key(b'e', generation, &index), encode_record(entry)?);
             if let Some(aaguid) = &entry.aaguid {
-                // One AAGUID, one statement: an ambiguous catalog would let
-                // the order of entries decide which status applies.
-                if !aaguids.insert(aaguid.clone()) {
-                    return Err(StoreError::Invalid {
-                        field: "metadata aaguid",
-                        detail: format!("{} appears in more than one entry", hex(aaguid)),
-                    });
-                }
                 batch.insert(mds_key(b'a', generation, aaguid), &index);
             }
             for key_id in &entry.key_ids {
-                if !key_ids.insert(key_id.clone()) {
-                    return Err(StoreError::Invalid {
-                        field: "metadata key id",
-                        detail: format!("{key_id} appears in more than one entry"),
-                    });
-                }
                 batch.insert(mds_key(b'k', generation, key_id.as_bytes()), &index);
             }
         }

@@ -9,7 +9,9 @@ pub mod docs;
 pub mod flows;
 #[cfg(feature = "testkit")]
 pub mod load;
+pub mod pg_store;
 pub mod pki;
+pub mod postgres;
 pub mod server;
 pub mod softhsm;
 pub mod swtpm;

@@ -19,17 +19,16 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::{Value, json};
 use signet::testkit::device::SoftDevice;
 use signet::testkit::{Attestation, browser};
 
 use common::load::{
-    self, Api, DESKTOP, PHONE, Pinned, Request, assertion, open_token, seal_registration, slug,
+    self, Api, DESKTOP, PHONE, Pinned, Request, assertion, open_token, seal_registration,
 };
+use common::race::race;
 use common::server::{ORIGIN, SignetServer};
 
 /// Attempts per one-time thing.
@@ -38,184 +37,6 @@ const ATTEMPTS: usize = 1000;
 /// Limits far above the attempts, so none is refused before its flow.
 const LIMITS: &str =
     "[limits]\nrate_per_second = 1000000\nburst = 10000000\nmax_in_flight = 100000\n";
-
-/// What one race produced.
-struct Race {
-    /// Per attempt, in the order given: status and body, or the transport
-    /// error (a timeout among them).
-    answers: Vec<Result<(u16, Value), String>>,
-    elapsed: Duration,
-    /// The most attempts that were in flight (sent, not yet answered) at
-    /// the same moment.
-    peak: usize,
-}
-
-impl Race {
-    /// Status and slug ("" for a success) with how often each came; the
-    /// transport errors under "error".
-    fn histogram(&self) -> BTreeMap<String, usize> {
-        let mut h = BTreeMap::new();
-        for a in &self.answers {
-            let key = match a {
-                Ok((status, body)) if (200..300).contains(status) => format!("{status}"),
-                Ok((status, body)) => format!("{status} {}", slug(body)),
-                Err(e) => format!("error {e}"),
-            };
-            *h.entry(key).or_insert(0) += 1;
-        }
-        h
-    }
-
-    /// The one success's index and body; None unless exactly one.
-    fn winner(&self) -> Option<(usize, &Value)> {
-        let wins: Vec<(usize, &Value)> = self
-            .answers
-            .iter()
-            .enumerate()
-            .filter_map(|(i, a)| match a {
-                Ok((s, body)) if (200..300).contains(s) => Some((i, body)),
-                _ => None,
-            })
-            .collect();
-        (wins.len() == 1).then(|| wins[0])
-    }
-
-    /// Exactly one success and every other answer `409 refused`; the line
-    /// to print, or what went wrong.
-    fn judge(&self, kind: &str, success: &str, refused: &str) -> Result<String, String> {
-        let h = self.histogram();
-        let ok = self
-            .answers
-            .iter()
-            .filter(|a| matches!(a, Ok((s, _)) if (200..300).contains(s)))
-            .count();
-        let right = self
-            .answers
-            .iter()
-            .filter(|a| matches!(a, Ok((409, body)) if slug(body) == refused))
-            .count();
-        let line = format!(
-            "concurrency: {kind}: {} attempts, {ok} {success}, {right} refused {refused}, \
-             peak {} in flight, in {:.2} s",
-            self.answers.len(),
-            self.peak,
-            self.elapsed.as_secs_f64()
-        );
-        if ok == 1 && right == self.answers.len() - 1 {
-            Ok(line)
-        } else {
-            // Show one body of each unexpected kind.
-            let mut examples = BTreeMap::new();
-            for a in &self.answers {
-                match a {
-                    Ok((s, _)) if (200..300).contains(s) => {}
-                    Ok((409, body)) if slug(body) == refused => {}
-                    Ok((s, body)) => {
-                        examples
-                            .entry(format!("{s} {}", slug(body)))
-                            .or_insert_with(|| body.to_string());
-                    }
-                    Err(e) => {
-                        examples.entry("error".into()).or_insert_with(|| e.clone());
-                    }
-                }
-            }
-            Err(format!(
-                "{line}\n  {kind}: want exactly one success and {} x 409 {refused}; \
-                 got {h:?}\n  examples: {examples:#?}",
-                self.answers.len() - 1
-            ))
-        }
-    }
-}
-
-/// Sends all `requests` at once from a new client: first as many GETs of
-/// `warm` at once, so its pool holds that many open connections, then the
-/// requests themselves, each task waiting at a barrier until all are
-/// ready.
-fn race(
-    rt: &tokio::runtime::Runtime,
-    server: &SignetServer,
-    warm: &str,
-    requests: Vec<Request>,
-) -> Race {
-    let n = requests.len();
-    let base = server.base_url();
-    let base = base.as_str();
-    // A fresh pool per race: connections left idle since the last one may
-    // have met the server's keep-alive limit.
-    let client = &load::async_client(server, "rp", n + 16);
-    rt.block_on(async {
-        let mut warmup = tokio::task::JoinSet::new();
-        for _ in 0..n {
-            let (client, url) = (client.clone(), format!("{base}{warm}"));
-            warmup.spawn(async move { client.get(url).send().await.map(|r| r.status()) });
-        }
-        while let Some(done) = warmup.join_next().await {
-            let status = done.expect("warm-up task").expect("warm-up request");
-            assert!(status.is_success(), "warm-up answered {status}");
-        }
-
-        let barrier = Arc::new(tokio::sync::Barrier::new(n));
-        let mut tasks = tokio::task::JoinSet::new();
-        for (i, r) in requests.into_iter().enumerate() {
-            let (client, barrier) = (client.clone(), barrier.clone());
-            let url = format!("{base}{}", r.path);
-            tasks.spawn(async move {
-                barrier.wait().await;
-                let sent = Instant::now();
-                let mut b = client.post(url);
-                for (name, value) in &r.headers {
-                    b = b.header(*name, value);
-                }
-                if let Some(body) = &r.body {
-                    b = b.json(body);
-                }
-                let answer = match b.send().await {
-                    Ok(resp) => {
-                        let status = resp.status().as_u16();
-                        match resp.text().await {
-                            Ok(text) => {
-                                Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
-                            }
-                            Err(e) => Err(format!("{e:?}")),
-                        }
-                    }
-                    Err(e) => Err(format!("{e:?}")),
-                };
-                (i, sent, Instant::now(), answer)
-            });
-        }
-        let mut answers: Vec<Option<Result<(u16, Value), String>>> = vec![None; n];
-        let mut spans = Vec::with_capacity(n);
-        while let Some(done) = tasks.join_next().await {
-            let (i, sent, answered, answer) = done.expect("attempt task");
-            answers[i] = Some(answer);
-            spans.push((sent, answered));
-        }
-        let first = spans.iter().map(|s| s.0).min().expect("attempts");
-        let last = spans.iter().map(|s| s.1).max().expect("attempts");
-        Race {
-            answers: answers.into_iter().map(|a| a.expect("answer")).collect(),
-            elapsed: last - first,
-            peak: peak(&spans),
-        }
-    })
-}
-
-/// The most intervals open at one instant.
-fn peak(spans: &[(Instant, Instant)]) -> usize {
-    let mut edges: Vec<(Instant, i64)> =
-        spans.iter().flat_map(|&(a, b)| [(a, 1), (b, -1)]).collect();
-    // At a tie, close before opening: touching intervals do not overlap.
-    edges.sort_by(|x, y| x.0.cmp(&y.0).then(x.1.cmp(&y.1)));
-    let (mut now, mut most) = (0i64, 0i64);
-    for (_, d) in edges {
-        now += d;
-        most = most.max(now);
-    }
-    most as usize
-}
 
 /// The audit entries whose event is `event` about `subject`.
 fn audited(entries: &[Value], event: &str, subject: &str) -> usize {
@@ -315,7 +136,7 @@ fn a_thousand_concurrent_attempts_consume_each_one_time_thing_once() {
             )
         })
         .collect();
-    let r = race(&rt, &server, &warm, requests);
+    let r = race(&rt, &[&server], &warm, requests);
     let verdict = r.judge(
         "challenge (authentication ceremony)",
         "verified",
@@ -380,7 +201,7 @@ fn a_thousand_concurrent_attempts_consume_each_one_time_thing_once() {
         "concurrency: {ATTEMPTS} sealed requests prepared in {:.2} s",
         prepared.elapsed().as_secs_f64()
     );
-    let r = race(&rt, &server, &warm, requests);
+    let r = race(&rt, &[&server], &warm, requests);
     judge(
         r.judge("registration token", "bound", "token-consumed"),
         &mut failures,
@@ -421,7 +242,7 @@ fn a_thousand_concurrent_attempts_consume_each_one_time_thing_once() {
             )
         })
         .collect();
-    let r = race(&rt, &server, &warm, requests);
+    let r = race(&rt, &[&server], &warm, requests);
     let verdict = r.judge("transaction approval", "approved", "transaction-approved");
     let (_, shown) = api
         .get(&format!("/v1/transactions/{tx_id}"))
@@ -456,7 +277,7 @@ fn a_thousand_concurrent_attempts_consume_each_one_time_thing_once() {
     let requests: Vec<Request> = (0..ATTEMPTS)
         .map(|_| Request::post(format!("/v1/transactions/{tx2_id}/approval"), body.clone()))
         .collect();
-    let r = race(&rt, &server, &warm, requests);
+    let r = race(&rt, &[&server], &warm, requests);
     let verdict = r.judge(
         "transaction approval, one answer replayed",
         "approved",
@@ -491,7 +312,7 @@ fn a_thousand_concurrent_attempts_consume_each_one_time_thing_once() {
         })
         .collect();
     requests.reverse();
-    let r = race(&rt, &server, &warm, requests);
+    let r = race(&rt, &[&server], &warm, requests);
     judge(
         r.judge(
             "transaction approval, highest counter first",
@@ -515,7 +336,7 @@ fn a_thousand_concurrent_attempts_consume_each_one_time_thing_once() {
     let requests: Vec<Request> = (0..ATTEMPTS)
         .map(|_| Request::post(format!("{pairing}/claim"), json!({"code": code})))
         .collect();
-    let r = race(&rt, &server, &warm, requests);
+    let r = race(&rt, &[&server], &warm, requests);
     judge(
         r.judge(
             "pairing claim (one-time code)",
@@ -550,7 +371,7 @@ fn a_thousand_concurrent_attempts_consume_each_one_time_thing_once() {
     )
     .header(PHONE, phone);
     let count = u64::from(auth.sign_count);
-    let r = race(&rt, &server, &warm, vec![approve; ATTEMPTS]);
+    let r = race(&rt, &[&server], &warm, vec![approve; ATTEMPTS]);
     judge(
         r.judge(
             "pairing approval, one answer replayed",
@@ -563,7 +384,7 @@ fn a_thousand_concurrent_attempts_consume_each_one_time_thing_once() {
     let requests: Vec<Request> = (0..ATTEMPTS)
         .map(|_| Request::empty(format!("{pairing}/consume")).header(DESKTOP, &desktop))
         .collect();
-    let r = race(&rt, &server, &warm, requests);
+    let r = race(&rt, &[&server], &warm, requests);
     judge(
         r.judge("pairing consume (login)", "consumed", "pairing-consumed"),
         &mut failures,

@@ -12,6 +12,8 @@ pub mod load;
 pub mod pg_store;
 pub mod pki;
 pub mod postgres;
+#[cfg(feature = "testkit")]
+pub mod race;
 pub mod server;
 pub mod softhsm;
 pub mod swtpm;

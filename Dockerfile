@@ -36,6 +36,8 @@ COPY benches ./benches
 # attestation roots and the OpenAPI document served at /v1/openapi.json.
 COPY certs ./certs
 COPY docs/openapi.json ./docs/openapi.json
+# The PostgreSQL schema, compiled into the binary (signet store migrate).
+COPY migrations ./migrations
 # Production builds use the default features (none): testkit adds the
 # device simulator and the soft authenticator, which have no place here.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

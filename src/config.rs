@@ -145,8 +145,75 @@ pub struct RpSettings {
 
 #[derive(Clone, Debug)]
 pub struct StoreSettings {
+    /// Where the state lives: the embedded sled store in `data_dir`, or a
+    /// PostgreSQL database shared by several instances.
+    pub backend: StoreBackend,
+    /// The sled store; with PostgreSQL, this instance's local files only
+    /// (the FIDO metadata BLOB last installed and its HTTP validators).
     pub data_dir: PathBuf,
     pub sweep_interval: Duration,
+    /// `[store.postgres]`, checked whenever present: `signet store migrate`
+    /// and `signet store copy` use it before the backend is switched.
+    pub postgres: Option<PostgresSettings>,
+}
+
+impl PostgresSettings {
+    /// What the PostgreSQL store connects with: the password read from its
+    /// file (zeroized when dropped, never logged) and the TLS trust anchors
+    /// from `ca`.
+    pub fn options(
+        &self,
+        tombstone_grace_ms: u64,
+    ) -> Result<crate::store::postgres_store::PgOptions, ConfigError> {
+        let secret = crate::files::read_bounded(&self.password_file, 1024)
+            .map_err(|e| ConfigError::new("store.postgres.password_file", e))?;
+        let secret = zeroize::Zeroizing::new(secret);
+        let text = std::str::from_utf8(&secret)
+            .map_err(|_| ConfigError::new("store.postgres.password_file", "is not UTF-8 text"))?;
+        let password = zeroize::Zeroizing::new(text.trim_end_matches(['\n', '\r']).to_string());
+        if password.is_empty() {
+            return Err(ConfigError::new("store.postgres.password_file", "is empty"));
+        }
+        let ca = crate::files::read_bounded(&self.ca, 1024 * 1024)
+            .map_err(|e| ConfigError::new("store.postgres.ca", e))?;
+        let tls = crate::store::pg_tls::client_config(&ca).map_err(|e| {
+            ConfigError::new("store.postgres.ca", format!("{}: {e}", self.ca.display()))
+        })?;
+        Ok(crate::store::postgres_store::PgOptions {
+            url: self.url.clone(),
+            password,
+            tls,
+            pool_size: self.pool_size,
+            connect_timeout: self.connect_timeout,
+            tombstone_grace_ms,
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreBackend {
+    Sled,
+    Postgres,
+}
+
+impl StoreBackend {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            StoreBackend::Sled => "sled",
+            StoreBackend::Postgres => "postgres",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct PostgresSettings {
+    /// `postgresql://USER@HOST:PORT/DATABASE`, without a password.
+    pub url: String,
+    pub password_file: PathBuf,
+    /// The CA (PEM) the database server's certificate must chain to.
+    pub ca: PathBuf,
+    pub pool_size: u32,
+    pub connect_timeout: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -319,8 +386,20 @@ struct RawRp {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawStore {
+    backend: Option<String>,
     data_dir: Option<String>,
     sweep_interval_ms: Option<u64>,
+    postgres: Option<RawPostgres>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPostgres {
+    url: Option<String>,
+    password_file: Option<String>,
+    ca: Option<String>,
+    pool_size: Option<u32>,
+    connect_timeout_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -403,6 +482,11 @@ impl Config {
         }
         if let Some(policy) = &self.policy {
             trusted.push(("policy.file".to_string(), policy.as_path()));
+        }
+        if let Some(pg) = &self.store.postgres {
+            refuse_exposed_private_key(&pg.password_file)
+                .map_err(|e| ConfigError::new("store.postgres.password_file", e))?;
+            trusted.push(("store.postgres.ca".to_string(), pg.ca.as_path()));
         }
         for (key, file) in trusted {
             refuse_writable_by_others(file).map_err(|e| ConfigError::new(key, e))?;
@@ -499,6 +583,52 @@ fn ranged<T: PartialOrd + Copy + std::fmt::Display>(
         ));
     }
     Ok(v)
+}
+
+fn postgres_settings(raw: RawPostgres, base: &Path) -> Result<PostgresSettings, ConfigError> {
+    let url = required(raw.url, "store.postgres.url")?;
+    let scheme_ok = url.starts_with("postgresql://") || url.starts_with("postgres://");
+    if !scheme_ok || url.len() > 1024 {
+        return Err(ConfigError::new(
+            "store.postgres.url",
+            "must be a postgresql://USER@HOST:PORT/DATABASE URL of at most 1024 bytes",
+        ));
+    }
+    // The whole URL is printed by --check and may reach logs: the password
+    // has its own file.
+    let authority = url
+        .split_once("://")
+        .map_or("", |(_, rest)| rest.split(['/', '?']).next().unwrap_or(""));
+    if authority
+        .rsplit_once('@')
+        .is_some_and(|(user, _)| user.contains(':'))
+    {
+        return Err(ConfigError::new(
+            "store.postgres.url",
+            "carries a password; put it in store.postgres.password_file",
+        ));
+    }
+    Ok(PostgresSettings {
+        url,
+        password_file: resolve(
+            base,
+            &required(raw.password_file, "store.postgres.password_file")?,
+            "store.postgres.password_file",
+        )?,
+        ca: resolve(
+            base,
+            &required(raw.ca, "store.postgres.ca")?,
+            "store.postgres.ca",
+        )?,
+        pool_size: ranged(raw.pool_size, 16, "store.postgres.pool_size", 1, 1000)?,
+        connect_timeout: millis(
+            raw.connect_timeout_ms,
+            5_000,
+            "store.postgres.connect_timeout_ms",
+            100,
+            600_000,
+        )?,
+    })
 }
 
 fn build(
@@ -666,7 +796,29 @@ fn build(
             "store.data_dir",
         )?,
     };
+    let backend = match raw.store.backend.as_deref().unwrap_or("sled") {
+        "sled" => StoreBackend::Sled,
+        "postgres" => StoreBackend::Postgres,
+        other => {
+            return Err(ConfigError::new(
+                "store.backend",
+                format!("{other:?} is not a store backend; use \"sled\" or \"postgres\""),
+            ));
+        }
+    };
+    let postgres = match raw.store.postgres {
+        None if backend == StoreBackend::Postgres => {
+            return Err(ConfigError::new(
+                "store.postgres",
+                "is required with store.backend = \"postgres\"",
+            ));
+        }
+        None => None,
+        Some(pg) => Some(postgres_settings(pg, base)?),
+    };
     let store = StoreSettings {
+        backend,
+        postgres,
         data_dir,
         sweep_interval: millis(
             raw.store.sweep_interval_ms,
@@ -1143,6 +1295,30 @@ profile = "/etc/signet/hsm.toml"
     }
 
     #[test]
+    fn postgres_store_settings() {
+        let c = parse(MINIMAL).expect("minimal config");
+        assert_eq!(c.store.backend, StoreBackend::Sled);
+        assert!(c.store.postgres.is_none());
+        let text = format!(
+            "{}\n[store.postgres]\nurl = \"postgresql://signet@db.bank.example/signet?sslmode=require\"\n\
+             password_file = \"pg/password\"\nca = \"/etc/ssl/db-ca.pem\"\n",
+            MINIMAL.replace(
+                "data_dir = \"data\"",
+                "data_dir = \"data\"\nbackend = \"postgres\""
+            )
+        );
+        let c = parse(&text).expect("postgres config");
+        assert_eq!(c.store.backend, StoreBackend::Postgres);
+        let pg = c.store.postgres.expect("[store.postgres]");
+        assert_eq!(pg.password_file, Path::new("/etc/signet/pg/password"));
+        assert_eq!(pg.ca, Path::new("/etc/ssl/db-ca.pem"));
+        assert_eq!(
+            (pg.pool_size, pg.connect_timeout),
+            (16, Duration::from_secs(5))
+        );
+    }
+
+    #[test]
     fn environment_overrides_win() {
         let ov = Overrides {
             listen: Some("0.0.0.0:9443".into()),
@@ -1227,6 +1403,34 @@ profile = "/etc/signet/hsm.toml"
                 "rp.algorithms[0]",
             ),
             (MINIMAL.replace("data_dir = \"data\"", ""), "store.data_dir"),
+            (
+                MINIMAL.replace("data_dir = \"data\"", "data_dir = \"data\"\nbackend = \"mysql\""),
+                "store.backend",
+            ),
+            (
+                MINIMAL.replace("data_dir = \"data\"", "data_dir = \"data\"\nbackend = \"postgres\""),
+                "store.postgres",
+            ),
+            (
+                format!("{MINIMAL}\n[store.postgres]\nurl = \"postgresql://signet@db:5432/signet\"\npassword_file = \"pw\"\nca = \"ca.pem\"\n").replace("signet@db", "signet:hunter2@db"),
+                "store.postgres.url",
+            ),
+            (
+                format!("{MINIMAL}\n[store.postgres]\nurl = \"postgresql://signet@db:5432/signet\"\npassword_file = \"pw\"\nca = \"ca.pem\"\n").replace("postgresql://", "mysql://"),
+                "store.postgres.url",
+            ),
+            (
+                format!("{MINIMAL}\n[store.postgres]\nurl = \"postgresql://signet@db:5432/signet\"\npassword_file = \"pw\"\nca = \"ca.pem\"\n").replace("ca = \"ca.pem\"\n", ""),
+                "store.postgres.ca",
+            ),
+            (
+                format!("{MINIMAL}\n[store.postgres]\nurl = \"postgresql://signet@db:5432/signet\"\npassword_file = \"pw\"\nca = \"ca.pem\"\npool_size = 0\n"),
+                "store.postgres.pool_size",
+            ),
+            (
+                format!("{MINIMAL}\n[store.postgres]\nurl = \"postgresql://signet@db:5432/signet\"\npassword_file = \"pw\"\nca = \"ca.pem\"\nconnect_timeout_ms = 10\n"),
+                "store.postgres.connect_timeout_ms",
+            ),
             (
                 MINIMAL.replace("[keys]\nprofile = \"/etc/signet/hsm.toml\"", ""),
                 "keys",

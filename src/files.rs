@@ -81,6 +81,37 @@ pub fn refuse_writable_by_others(path: &Path) -> Result<(), String> {
     }
 }
 
+/// Makes `dir` a directory only its owner may enter: created 0700 when
+/// missing, restricted to 0700 (with a warning) when others could read or
+/// change it. The data directory decides who can log in; nobody but the
+/// service's user has business in it.
+pub fn ensure_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    match std::fs::metadata(dir) {
+        Ok(meta) if !meta.is_dir() => Err(std::io::Error::new(
+            std::io::ErrorKind::NotADirectory,
+            format!("{} is not a directory", dir.display()),
+        )),
+        Ok(meta) => {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    path = %dir.display(),
+                    mode = format_args!("{mode:o}"),
+                    "data directory was accessible to others; restricting it to 0700"
+                );
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir),
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,6 +15,7 @@ use clap::{Args, Parser, Subcommand};
 mod evidence_cmd;
 mod mds_cmd;
 mod policy_cmd;
+mod store_cmd;
 use signet::audit::{AuditEvent, AuditLog, CheckpointPolicy, checkpoint_keys};
 use signet::keys::cert::{self, ExportFormat};
 use signet::keys::{EcPublicKey, KeyInfo, KeyRing, Kid, Profile, Role};
@@ -169,6 +170,12 @@ signet mds status --config /etc/signet/signet.toml",
         mut_subcommands(mds_examples)
     )]
     Mds(mds_cmd::MdsCommand),
+    /// The store's PostgreSQL schema: apply the migrations a database lacks.
+    #[command(after_help = "Examples:\n  \
+signet store migrate --config /etc/signet/signet.toml\n  \
+signet store migrate --config /etc/signet/signet.toml --json")]
+    #[command(subcommand)]
+    Store(store_cmd::StoreCommand),
     /// The trust policy file: check it, explain the tier a model earns, and
     /// simulate a new policy against the stored credentials.
     #[command(
@@ -656,6 +663,23 @@ fn serve(args: &ServeArgs, log: Option<&str>, log_json: bool) -> anyhow::Result<
             config.rp.origins.join(", ")
         );
         println!("  data dir    {}", config.store.data_dir.display());
+        // The password file and the CA are read and checked too; the
+        // database itself is not contacted (serve does that).
+        if let Some(pg) = &config.store.postgres {
+            pg.options(0).map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        println!(
+            "  store       {}{}",
+            config.store.backend.as_str(),
+            config
+                .store
+                .postgres
+                .as_ref()
+                .map_or(String::new(), |pg| format!(
+                    " ({}, pool {})",
+                    pg.url, pg.pool_size
+                ))
+        );
         println!("  key profile {}", config.keys.profile.display());
         println!(
             "  policy      {} (sha256 {})",
@@ -732,6 +756,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Verify(verify) => return run_verify(verify),
         Command::Audit(audit) => return run_audit(audit),
         Command::Policy(policy) => return policy_cmd::run(policy),
+        Command::Store(store) => return store_cmd::run(store),
         Command::Mds(mds) => {
             return mds_cmd::run(mds, &officer_actor(std::env::var("USER").ok().as_deref()));
         }

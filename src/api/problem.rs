@@ -299,6 +299,15 @@ impl From<FlowError> for Problem {
                 .detail(detail.clone())
                 .retry_after(1);
             }
+            FlowError::StoreUnavailable(detail) => {
+                return Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store-unavailable",
+                    "The store is unavailable; try again shortly",
+                )
+                .detail(detail.clone())
+                .retry_after(1);
+            }
             FlowError::VerificationLog(cause) => {
                 // The cause names a path on this host: for the log, not the client.
                 tracing::error!(cause = %cause, "verification log unwritable");

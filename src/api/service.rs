@@ -22,7 +22,7 @@ use anyhow::Context;
 use super::limits::ClientLimits;
 use super::metrics::{MeteredBackend, Metrics};
 use super::{AppState, router, server, tls};
-use crate::config::{Config, MdsSettings};
+use crate::config::{Config, MdsSettings, StoreBackend, StoreSettings};
 use crate::flows::metadata::{self, RefreshOutcome};
 use crate::flows::{Services, unix_ms};
 use crate::keys::profile::Profile;
@@ -78,6 +78,35 @@ pub struct Prepared {
     pub tls: Arc<rustls::ServerConfig>,
 }
 
+/// The configured store: sled in `store.data_dir`, or the PostgreSQL
+/// database of `[store.postgres]`, whose schema `signet store migrate`
+/// must have applied.
+pub fn open_store(settings: &StoreSettings) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(match settings.backend {
+        StoreBackend::Sled => Arc::new(
+            SledStore::open(&settings.data_dir)
+                .with_context(|| format!("store.data_dir: {}", settings.data_dir.display()))?,
+        ),
+        StoreBackend::Postgres => {
+            let pg = settings
+                .postgres
+                .as_ref()
+                .context("store.postgres: is required with store.backend = \"postgres\"")?;
+            // Only the data directory's local files live there now; it is
+            // still created owner-only.
+            crate::files::ensure_private_dir(&settings.data_dir)
+                .map_err(|e| anyhow::anyhow!("store.data_dir: {e}"))?;
+            let options = pg
+                .options(crate::store::postgres_store::DEFAULT_TOMBSTONE_GRACE_MS)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            Arc::new(
+                crate::store::PgStore::connect(&options)
+                    .with_context(|| format!("store.postgres: {}", pg.url))?,
+            )
+        }
+    })
+}
+
 /// Builds the application from a validated configuration and the key
 /// profile it names (loaded, with its environment applied, by the caller
 /// while the process had one thread): reads the TLS material, opens the key
@@ -97,10 +126,7 @@ pub fn prepare(config: &Config, profile: &Profile) -> anyhow::Result<Prepared> {
             format!("keys: role {role} has no active key; provision with `signet hsm init --profile {}`", config.keys.profile.display())
         })?;
     }
-    let store: Arc<dyn Store> = Arc::new(
-        SledStore::open(&config.store.data_dir)
-            .with_context(|| format!("store.data_dir: {}", config.store.data_dir.display()))?,
-    );
+    let store = open_store(&config.store)?;
     let key_certificates = match &config.keys.certificates_dir {
         Some(dir) => load_key_certificates(dir)?,
         None => Vec::new(),

@@ -722,8 +722,10 @@ pub fn approve(
             Err(FlowError::StepUp(step))
         }
         Err(
-            e
-            @ (FlowError::Unavailable(_) | FlowError::VerificationLog(_) | FlowError::Internal(_)),
+            e @ (FlowError::Unavailable(_)
+            | FlowError::StoreUnavailable(_)
+            | FlowError::VerificationLog(_)
+            | FlowError::Internal(_)),
         ) => Err(e),
         Err(e) => {
             // A concurrent answer that won committed its approval (and

@@ -220,6 +220,10 @@ pub enum FlowError {
     /// to the log where the key error is converted.
     #[error("key device unavailable: {0}")]
     Unavailable(String),
+    /// The store (a PostgreSQL database) cannot be reached now; nothing was
+    /// done. The text is for the client; the cause goes to the log.
+    #[error("store unavailable: {0}")]
+    StoreUnavailable(String),
     /// Something on our side failed; details are logged, not returned.
     #[error("internal error: {0}")]
     Internal(String),
@@ -338,9 +342,10 @@ impl FlowError {
             }
             FlowError::Flagged { .. } | FlowError::Denied { .. } => Some("credential.id".into()),
             FlowError::StepUp(_) => None,
-            FlowError::Unavailable(_) | FlowError::VerificationLog(_) | FlowError::Internal(_) => {
-                None
-            }
+            FlowError::Unavailable(_)
+            | FlowError::StoreUnavailable(_)
+            | FlowError::VerificationLog(_)
+            | FlowError::Internal(_) => None,
         }
     }
 
@@ -374,6 +379,12 @@ impl From<StoreError> for FlowError {
         match e {
             StoreError::CounterRegression { stored, received } => {
                 FlowError::Counter { stored, received }
+            }
+            StoreError::Unavailable { detail } => {
+                tracing::warn!(cause = %detail, "store unavailable");
+                FlowError::StoreUnavailable(
+                    "the store is not reachable or busy; nothing was done; retry".into(),
+                )
             }
             other => FlowError::Internal(format!("store: {other}")),
         }

@@ -740,7 +740,11 @@ pub fn approve(
             )?;
             return Err(FlowError::StepUp(step));
         }
-        Err(e @ (FlowError::Unavailable(_) | FlowError::Internal(_))) => return Err(e),
+        Err(
+            e @ (FlowError::Unavailable(_)
+            | FlowError::StoreUnavailable(_)
+            | FlowError::Internal(_)),
+        ) => return Err(e),
         Err(e) => {
             // A concurrent answer that won moved the counter past this
             // one: say that the pairing was approved, not "cloned".

@@ -71,6 +71,7 @@
 #[path = "sled.rs"]
 pub mod sled_store;
 
+pub mod copy;
 pub mod pg_tls;
 // `postgres_store`, not `postgres`: inside `store` the name `postgres`
 // still means the crate.
@@ -224,6 +225,11 @@ pub enum StoreError {
     /// The filesystem failed (open, create directory, fsync, ...).
     #[error("store I/O error: {0}")]
     Io(#[from] std::io::Error),
+    /// The store cannot be reached now (a database that is down, failing
+    /// over, or has no free connection within the wait): nothing was done,
+    /// and the request may be retried.
+    #[error("store unavailable: {detail}")]
+    Unavailable { detail: String },
     /// The backend failed for a reason that is neither I/O nor corruption.
     #[error("store backend error: {0}")]
     Backend(Box<dyn std::error::Error + Send + Sync>),

@@ -10,7 +10,7 @@
 //!   tombstone it left.
 //! * **Compare-and-swap** (devices, transactions, pairings, counters) reads
 //!   the row `FOR UPDATE`, applies the same rules as the embedded backend
-//!   ([`check_swap`], [`advance_counter`]) and writes it back in the same
+//!   (`store::check_swap`, `store::advance_counter`) and writes it back in the same
 //!   transaction.
 //! * **The audit chain** stays one chain: every append locks the single
 //!   `audit_head` row, so the sequence number and previous hash are assigned
@@ -34,6 +34,7 @@ use r2d2::PooledConnection;
 use r2d2_postgres::PostgresConnectionManager;
 use zeroize::Zeroizing;
 
+use super::copy::{Item, OneTimeRow, OneTimeState, Source, TableReport, Tally, compare};
 use super::pg_tls::MakeRustlsConnect;
 use super::{
     AUDIT_GENESIS_PREV_HASH, AuditBuilder, AuditEntry, CatalogInfo, Checkpoint, CredentialRecord,
@@ -96,6 +97,20 @@ impl std::fmt::Debug for PgStore {
 
 impl From<postgres::Error> for StoreError {
     fn from(e: postgres::Error) -> StoreError {
+        // A connection that broke, or a server that is shutting down,
+        // starting, or out of connections, is a wait, not a fault: the
+        // request is answered 503 and may be retried.
+        let unavailable = e.is_closed()
+            || e.as_db_error().is_none() && e.code().is_none()
+            || [
+                SqlState::ADMIN_SHUTDOWN,
+                SqlState::CRASH_SHUTDOWN,
+                SqlState::CANNOT_CONNECT_NOW,
+                SqlState::TOO_MANY_CONNECTIONS,
+                SqlState::READ_ONLY_SQL_TRANSACTION,
+            ]
+            .iter()
+            .any(|c| e.code() == Some(c));
         // postgres::Error's Display names the step ("error performing TLS
         // handshake"); the cause (an unknown issuer, a refused password) is
         // in its sources, and an operator needs both.
@@ -108,13 +123,19 @@ impl From<postgres::Error> for StoreError {
             }
             source = cause.source();
         }
-        StoreError::Backend(text.into())
+        if unavailable {
+            StoreError::Unavailable { detail: text }
+        } else {
+            StoreError::Backend(text.into())
+        }
     }
 }
 
 impl From<r2d2::Error> for StoreError {
     fn from(e: r2d2::Error) -> StoreError {
-        StoreError::Backend(format!("no database connection: {e}").into())
+        StoreError::Unavailable {
+            detail: format!("no database connection: {e}"),
+        }
     }
 }
 
@@ -545,6 +566,293 @@ impl PgStore {
             row.get::<_, &[u8]>(0),
         )?))
     }
+}
+
+impl PgStore {
+    /// Copies what `source` visits into this database and verifies it, in
+    /// one transaction: the database must hold no signet data yet, and the
+    /// copy commits only when every table read back matches what was read
+    /// from the source (count and digest; see `store::copy`).
+    pub fn import(&self, source: &mut Source<'_>) -> Result<Vec<TableReport>, StoreError> {
+        let grace = self.tombstone_grace_ms;
+        self.in_tx(|tx| {
+            let held: i64 = tx
+                .query_one(
+                    "SELECT (SELECT count(*) FROM users) + (SELECT count(*) FROM credentials)
+                          + (SELECT count(*) FROM devices) + (SELECT count(*) FROM transactions)
+                          + (SELECT count(*) FROM pairings) + (SELECT count(*) FROM one_time)
+                          + (SELECT count(*) FROM audit)
+                          + (SELECT count(*) FROM mds_status WHERE record IS NOT NULL)",
+                    &[],
+                )?
+                .get(0);
+            if held != 0 {
+                return Err(StoreError::Conflict {
+                    detail: format!(
+                        "the target database already holds {held} signet records; copy into an empty, migrated database"
+                    ),
+                });
+            }
+            let mut read = Tally::default();
+            let mut head: Option<(i64, [u8; 32])> = None;
+            source(&mut |item| {
+                read.add(&item)?;
+                if let Item::Audit(e) = &item {
+                    head = Some((ms(e.seq, "audit seq")?, e.hash));
+                }
+                insert_item(tx, &item, grace)
+            })?;
+            if let Some((seq, hash)) = head {
+                let hash: &[u8] = &hash;
+                tx.execute(
+                    "UPDATE audit_head SET seq = $1, hash = $2",
+                    &[&seq, &hash],
+                )?;
+            }
+            let written = read_back(tx)?;
+            compare(&read, &written)
+        })
+    }
+}
+
+/// The metadata generation a copied catalog gets.
+const COPIED_GENERATION: i64 = 1;
+
+fn insert_item(tx: &mut Transaction<'_>, item: &Item, grace: u64) -> Result<(), StoreError> {
+    fn revised<R: Revised + serde::Serialize>(
+        tx: &mut Transaction<'_>,
+        r: &R,
+    ) -> Result<(), StoreError> {
+        let sql = format!("INSERT INTO {} (id, record) VALUES ($1, $2)", R::TREE);
+        tx.execute(sql.as_str(), &[&r.key(), &encode_record(r)?])?;
+        Ok(())
+    }
+    match item {
+        Item::User(u) => {
+            tx.execute(
+                "INSERT INTO users (id, name, record) VALUES ($1, $2, $3)",
+                &[&u.id, &u.name, &encode_record(u)?],
+            )?;
+        }
+        Item::Credential(c) => insert_credential_row(tx, c)?,
+        Item::Device(r) => revised(tx, r)?,
+        Item::Transaction(r) => revised(tx, r)?,
+        Item::Pairing(r) => revised(tx, r)?,
+        Item::OneTime(row) => {
+            let kind = i16::from(row.kind);
+            let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+            let (state, expires, purge, spent, body): (i16, i64, i64, Option<i64>, Option<&[u8]>) =
+                match &row.state {
+                    OneTimeState::Live { expires_ms, body } => (
+                        LIVE,
+                        clamp(*expires_ms),
+                        clamp(expires_ms.saturating_add(grace)),
+                        None,
+                        Some(body),
+                    ),
+                    OneTimeState::Consumed { at_ms, purge_ms } => (
+                        CONSUMED,
+                        clamp(*at_ms),
+                        clamp(*purge_ms),
+                        Some(clamp(*at_ms)),
+                        None,
+                    ),
+                    OneTimeState::Expired { at_ms, purge_ms } => (
+                        EXPIRED,
+                        clamp(*at_ms),
+                        clamp(*purge_ms),
+                        Some(clamp(*at_ms)),
+                        None,
+                    ),
+                };
+            tx.execute(
+                "INSERT INTO one_time (kind, id, state, expires_ms, purge_ms, spent_ms, body)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                &[&kind, &row.id, &state, &expires, &purge, &spent, &body],
+            )?;
+        }
+        Item::Audit(e) => {
+            tx.execute(
+                "INSERT INTO audit (seq, record) VALUES ($1, $2)",
+                &[&ms(e.seq, "audit seq")?, &encode_record(e)?],
+            )?;
+        }
+        Item::Checkpoint(c) => {
+            tx.execute(
+                "INSERT INTO checkpoints (seq, record) VALUES ($1, $2)",
+                &[&ms(c.seq, "checkpoint seq")?, &encode_record(c)?],
+            )?;
+        }
+        Item::MetadataEntry(index, entry) => {
+            let idx = i32::try_from(*index).map_err(|_| StoreError::TooLarge {
+                field: "metadata entries",
+                limit: super::limits::METADATA_ENTRIES_MAX,
+            })?;
+            let g = COPIED_GENERATION;
+            tx.execute(
+                "INSERT INTO mds_entries (generation, idx, record) VALUES ($1, $2, $3)",
+                &[&g, &idx, &encode_record(entry)?],
+            )?;
+            if let Some(aaguid) = &entry.aaguid {
+                tx.execute(
+                    "INSERT INTO mds_by_aaguid (generation, aaguid, idx) VALUES ($1, $2, $3)",
+                    &[&g, aaguid, &idx],
+                )?;
+            }
+            for key_id in &entry.key_ids {
+                tx.execute(
+                    "INSERT INTO mds_by_key_id (generation, key_id, idx) VALUES ($1, $2, $3)",
+                    &[&g, key_id, &idx],
+                )?;
+            }
+        }
+        Item::MetadataStatus(status) => {
+            let mut status = status.clone();
+            status.generation = COPIED_GENERATION as u64;
+            write_metadata_status(tx, &status)?;
+        }
+    }
+    Ok(())
+}
+
+/// Everything the database holds, tallied as `store::copy` compares it.
+fn read_back(tx: &mut Transaction<'_>) -> Result<Tally, StoreError> {
+    fn rows(
+        tx: &mut Transaction<'_>,
+        sql: &str,
+        mut f: impl FnMut(&Row) -> Result<Item, StoreError>,
+        tally: &mut Tally,
+    ) -> Result<(), StoreError> {
+        use postgres::fallible_iterator::FallibleIterator;
+        let mut it = tx.query_raw(sql, std::iter::empty::<i32>())?;
+        while let Some(row) = it.next()? {
+            tally.add(&f(&row)?)?;
+        }
+        Ok(())
+    }
+    let mut t = Tally::default();
+    rows(
+        tx,
+        "SELECT id, record FROM users",
+        |r| {
+            Ok(Item::User(decode_record(
+                "users",
+                r.get(0),
+                r.get::<_, &[u8]>(1),
+            )?))
+        },
+        &mut t,
+    )?;
+    rows(
+        tx,
+        "SELECT id, record FROM credentials",
+        |r| {
+            Ok(Item::Credential(decode_record(
+                "credentials",
+                r.get(0),
+                r.get::<_, &[u8]>(1),
+            )?))
+        },
+        &mut t,
+    )?;
+    rows(
+        tx,
+        "SELECT id, record FROM devices",
+        |r| {
+            Ok(Item::Device(decode_record(
+                "devices",
+                r.get(0),
+                r.get::<_, &[u8]>(1),
+            )?))
+        },
+        &mut t,
+    )?;
+    rows(
+        tx,
+        "SELECT id, record FROM transactions",
+        |r| {
+            Ok(Item::Transaction(decode_record(
+                "transactions",
+                r.get(0),
+                r.get::<_, &[u8]>(1),
+            )?))
+        },
+        &mut t,
+    )?;
+    rows(
+        tx,
+        "SELECT id, record FROM pairings",
+        |r| {
+            Ok(Item::Pairing(decode_record(
+                "pairings",
+                r.get(0),
+                r.get::<_, &[u8]>(1),
+            )?))
+        },
+        &mut t,
+    )?;
+    rows(
+        tx,
+        "SELECT kind, id, state, expires_ms, purge_ms, spent_ms, body FROM one_time",
+        |r| {
+            let id: Vec<u8> = r.get(1);
+            let at = |v: Option<i64>| unsigned("one_time", &id, v.unwrap_or(-1));
+            let kind = u8::try_from(r.get::<_, i16>(0))
+                .map_err(|_| corrupt("one_time", &id, "kind out of range"))?;
+            let state = match r.get::<_, i16>(2) {
+                LIVE => OneTimeState::Live {
+                    expires_ms: unsigned("one_time", &id, r.get(3))?,
+                    body: r.get::<_, Option<Vec<u8>>>(6).ok_or_else(|| {
+                        corrupt("one_time", &id, "a live object without its body")
+                    })?,
+                },
+                CONSUMED => OneTimeState::Consumed {
+                    at_ms: at(r.get(5))?,
+                    purge_ms: unsigned("one_time", &id, r.get(4))?,
+                },
+                _ => OneTimeState::Expired {
+                    at_ms: at(r.get(5))?,
+                    purge_ms: unsigned("one_time", &id, r.get(4))?,
+                },
+            };
+            Ok(Item::OneTime(OneTimeRow { kind, id, state }))
+        },
+        &mut t,
+    )?;
+    rows(
+        tx,
+        "SELECT seq, record FROM audit",
+        |r| Ok(Item::Audit(decode_audit(r)?)),
+        &mut t,
+    )?;
+    rows(
+        tx,
+        "SELECT seq, record FROM checkpoints",
+        |r| Ok(Item::Checkpoint(decode_checkpoint(r)?)),
+        &mut t,
+    )?;
+    let status = metadata_status_in(tx, false)?;
+    if status.catalog.is_some() {
+        let sql = format!(
+            "SELECT idx, record FROM mds_entries WHERE generation = {}",
+            ms(status.generation, "metadata generation")?
+        );
+        rows(
+            tx,
+            &sql,
+            |r| {
+                let idx = u32::try_from(r.get::<_, i32>(0))
+                    .map_err(|_| corrupt("mds_entries", b"idx", "negative index"))?;
+                Ok(Item::MetadataEntry(
+                    idx,
+                    decode_record("mds_entries", &idx.to_be_bytes(), r.get::<_, &[u8]>(1))?,
+                ))
+            },
+            &mut t,
+        )?;
+        t.add(&Item::MetadataStatus(status))?;
+    }
+    Ok(t)
 }
 
 impl Store for PgStore {

@@ -50,6 +50,7 @@ use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 use sled::{IVec, Tree};
 
+use super::copy::{Item, OneTimeRow, OneTimeState, Visit};
 use super::{
     AUDIT_GENESIS_PREV_HASH, AuditBuilder, AuditEntry, CatalogInfo, Checkpoint, CredentialRecord,
     DeviceId, DeviceRecord, GroupCommit, MetadataEntry, MetadataStatus, OneTime, PairingId,
@@ -658,37 +659,98 @@ impl SledStore {
     }
 }
 
-#[cfg(unix)]
-fn prepare_dir(dir: &Path) -> Result<(), StoreError> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    match std::fs::metadata(dir) {
-        Ok(meta) if !meta.is_dir() => Err(StoreError::Io(std::io::Error::new(
-            std::io::ErrorKind::NotADirectory,
-            format!("store path {} is not a directory", dir.display()),
-        ))),
-        Ok(meta) => {
-            let mode = meta.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
-                // The store decides who can log in; nobody but its owner has
-                // business reading or changing it.
-                tracing::warn!(
-                    path = %dir.display(),
-                    mode = format_args!("{mode:o}"),
-                    "store directory was accessible to others; restricting it to 0700"
-                );
-                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+impl SledStore {
+    /// Every record, tree by tree, for `signet store copy`. The store is
+    /// locked by this process, so nothing changes during the walk.
+    pub fn export(&self, visit: &mut Visit<'_>) -> Result<(), StoreError> {
+        fn each<T: serde::de::DeserializeOwned>(
+            tree: &Tree,
+            name: &'static str,
+            mut f: impl FnMut(T) -> Result<(), StoreError>,
+        ) -> Result<(), StoreError> {
+            for item in tree.iter() {
+                let (key, value) = item?;
+                f(decode_record(name, &key, &value)?)?;
             }
             Ok(())
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)?;
-            Ok(())
+        each(&self.users, trees::USERS, |r| visit(Item::User(r)))?;
+        each(&self.credentials, trees::CREDENTIALS, |r| {
+            visit(Item::Credential(r))
+        })?;
+        each(&self.devices, trees::DEVICES, |r| visit(Item::Device(r)))?;
+        each(&self.transactions, trees::TRANSACTIONS, |r| {
+            visit(Item::Transaction(r))
+        })?;
+        each(&self.pairings, trees::PAIRINGS, |r| visit(Item::Pairing(r)))?;
+        for (tree, name) in [
+            (&self.one_time, trees::ONE_TIME),
+            (&self.tombstones, trees::TOMBSTONES),
+        ] {
+            for item in tree.iter() {
+                let (key, value) = item?;
+                let (&kind, id) = key
+                    .split_first()
+                    .ok_or_else(|| corrupt(name, &key, "empty key"))?;
+                let state = if name == trees::ONE_TIME {
+                    let o: LiveObject = decode_record(name, &key, &value)?;
+                    OneTimeState::Live {
+                        expires_ms: o.expires_ms,
+                        body: o.body,
+                    }
+                } else {
+                    let t: Tombstone = decode_record(name, &key, &value)?;
+                    match t.state {
+                        Spent::Consumed => OneTimeState::Consumed {
+                            at_ms: t.at_ms,
+                            purge_ms: t.purge_ms,
+                        },
+                        Spent::Expired => OneTimeState::Expired {
+                            at_ms: t.at_ms,
+                            purge_ms: t.purge_ms,
+                        },
+                    }
+                };
+                visit(Item::OneTime(OneTimeRow {
+                    kind,
+                    id: id.to_vec(),
+                    state,
+                }))?;
+            }
         }
-        Err(e) => Err(e.into()),
+        for item in self.audit.iter() {
+            let (key, value) = item?;
+            visit(Item::Audit(SledStore::decode_audit(&key, &value)?))?;
+        }
+        for item in self.checkpoints.iter() {
+            let (key, value) = item?;
+            visit(Item::Checkpoint(SledStore::decode_checkpoint(
+                &key, &value,
+            )?))?;
+        }
+        let status = self.metadata_status()?;
+        if status.catalog.is_some() {
+            let prefix = mds_key(b'e', status.generation, &[]);
+            for item in self.mds.scan_prefix(&prefix) {
+                let (key, value) = item?;
+                let index = key
+                    .get(prefix.len()..)
+                    .and_then(|i| <[u8; 4]>::try_from(i).ok())
+                    .map(u32::from_be_bytes)
+                    .ok_or_else(|| corrupt(trees::MDS, &key, "entry key without its index"))?;
+                visit(Item::MetadataEntry(
+                    index,
+                    decode_record(trees::MDS, &key, &value)?,
+                ))?;
+            }
+            visit(Item::MetadataStatus(status))?;
+        }
+        Ok(())
     }
+}
+
+fn prepare_dir(dir: &Path) -> Result<(), StoreError> {
+    Ok(crate::files::ensure_private_dir(dir)?)
 }
 
 /// sled neither fsyncs its `conf` file nor the directory that names its
@@ -703,12 +765,6 @@ fn sync_entries(dir: &Path) -> Result<(), StoreError> {
             std::fs::File::open(parent)?.sync_all()?;
         }
     }
-    Ok(())
-}
-
-#[cfg(not(unix))]
-fn prepare_dir(dir: &Path) -> Result<(), StoreError> {
-    std::fs::create_dir_all(dir)?;
     Ok(())
 }
 

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::pki::{self, TestPki};
+use super::postgres::TestDb;
 use super::softhsm::SoftHsm;
 use super::swtpm::Swtpm;
 
@@ -48,6 +49,12 @@ pub enum KeyDevice {
         tpm: Swtpm,
         profile: PathBuf,
     },
+    /// Another server's device, through its profile: instances of one
+    /// deployment sign with the same keys (an HSM cluster, or partitions
+    /// holding the same keys). The other fixture keeps the device alive.
+    Shared {
+        profile: PathBuf,
+    },
 }
 
 impl KeyDevice {
@@ -67,7 +74,7 @@ impl KeyDevice {
     pub fn profile_path(&self) -> PathBuf {
         match self {
             KeyDevice::SoftHsm(hsm) => hsm.profile_path(),
-            KeyDevice::Swtpm { profile, .. } => profile.clone(),
+            KeyDevice::Swtpm { profile, .. } | KeyDevice::Shared { profile } => profile.clone(),
         }
     }
 
@@ -75,7 +82,9 @@ impl KeyDevice {
     pub fn swtpm_mut(&mut self) -> &mut Swtpm {
         match self {
             KeyDevice::Swtpm { tpm, .. } => tpm,
-            KeyDevice::SoftHsm(_) => panic!("this test server runs on SoftHSM, not swtpm"),
+            KeyDevice::SoftHsm(_) | KeyDevice::Shared { .. } => {
+                panic!("this test server runs on SoftHSM or a shared device, not its own swtpm")
+            }
         }
     }
 }
@@ -89,6 +98,7 @@ impl std::ops::Deref for KeyDevice {
         match self {
             KeyDevice::SoftHsm(hsm) => hsm,
             KeyDevice::Swtpm { .. } => panic!("this test server runs on swtpm, not SoftHSM"),
+            KeyDevice::Shared { .. } => panic!("this test server shares another's key device"),
         }
     }
 }
@@ -118,11 +128,50 @@ impl SignetServer {
     /// A server on `hsm` (its keys provisioned here with `signet hsm
     /// init`), with `extra` TOML appended to the config.
     pub fn start_on(hsm: KeyDevice, extra: &str) -> SignetServer {
-        hsm_init(&hsm.profile_path());
+        SignetServer::start_custom(hsm, STORE_SLED, extra)
+    }
+
+    /// A server on a fresh SoftHSM token whose store is the PostgreSQL
+    /// database `db`, migrated first with `signet store migrate`.
+    pub fn start_on_postgres(db: &TestDb, extra: &str) -> SignetServer {
+        SignetServer::start_custom(KeyDevice::softhsm(), &store_postgres(db), extra)
+    }
+
+    /// A second instance of this server's deployment: the same key device
+    /// and PostgreSQL database (`db`, which this server must use), its own
+    /// listener, PKI and data directory.
+    pub fn sibling(&self, db: &TestDb, extra: &str) -> SignetServer {
+        let hsm = KeyDevice::Shared {
+            profile: self.hsm.profile_path(),
+        };
+        SignetServer::start_custom(hsm, &store_postgres(db), extra)
+    }
+
+    /// `store` is the `[store]` table's body (and any sub-table).
+    fn start_custom(hsm: KeyDevice, store: &str, extra: &str) -> SignetServer {
+        if !matches!(hsm, KeyDevice::Shared { .. }) {
+            hsm_init(&hsm.profile_path());
+        }
         let dir = tempfile::tempdir().expect("tempdir");
         let pki = pki::generate(&dir.path().join("pki"));
         let config = dir.path().join("signet.toml");
-        std::fs::write(&config, config_text(&hsm.profile_path(), extra)).expect("write config");
+        std::fs::write(
+            &config,
+            config_text_with_store(&hsm.profile_path(), store, extra),
+        )
+        .expect("write config");
+        if store.contains("[store.postgres]") {
+            let out = allow_root_if_root(&mut Command::new(signet_bin()))
+                .args(["store", "migrate", "--config"])
+                .arg(&config)
+                .output()
+                .expect("run signet store migrate");
+            assert!(
+                out.status.success(),
+                "signet store migrate: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         let mut server = SignetServer {
             addr: "127.0.0.1:0".parse().expect("addr"),
             dir,
@@ -363,7 +412,27 @@ pub fn read(r: reqwest::blocking::Response) -> (u16, Value) {
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
+/// The `[store]` table of the default test configuration.
+const STORE_SLED: &str = "data_dir = \"data\"\n";
+
+/// A `[store]` table for the PostgreSQL database `db` (the data directory
+/// then holds only the instance's local files). A request may wait 20 s for
+/// a free connection: the races send 1000 requests at once to a pool of 16
+/// on a loaded 2-core machine, and they test who wins, not capacity.
+pub fn store_postgres(db: &TestDb) -> String {
+    format!(
+        "data_dir = \"data\"\nbackend = \"postgres\"\n\n[store.postgres]\nurl = \"{}\"\npassword_file = \"{}\"\nca = \"{}\"\npool_size = 16\nconnect_timeout_ms = 20000\n",
+        db.url(),
+        db.password_file.display(),
+        db.ca.display()
+    )
+}
+
 pub fn config_text(profile: &Path, extra: &str) -> String {
+    config_text_with_store(profile, STORE_SLED, extra)
+}
+
+fn config_text_with_store(profile: &Path, store: &str, extra: &str) -> String {
     let mut clients = String::new();
     for role in ROLES {
         clients.push_str(&format!(
@@ -389,8 +458,7 @@ name = "signet test bank"
 origins = ["{ORIGIN}"]
 
 [store]
-data_dir = "data"
-
+{store}
 [keys]
 profile = "{}"
 

@@ -1151,6 +1151,85 @@ pub(crate) fn advance_counter(
     Ok(())
 }
 
+/// What every backend checks before a binding: each record valid, and the
+/// credential the user's.
+pub(crate) fn check_binding(
+    device: &DeviceRecord,
+    user: &User,
+    credential: &CredentialRecord,
+) -> Result<(), StoreError> {
+    device.validate()?;
+    user.validate()?;
+    credential.validate()?;
+    if credential.user_id != user.id {
+        return Err(StoreError::Invalid {
+            field: "credential user id",
+            detail: "is not the user's".into(),
+        });
+    }
+    Ok(())
+}
+
+/// A new device is valid and at revision 1.
+pub(crate) fn check_new_device(device: &DeviceRecord) -> Result<(), StoreError> {
+    device.validate()?;
+    if device.revision != 1 {
+        return Err(StoreError::Invalid {
+            field: "device revision",
+            detail: "a new device starts at revision 1".into(),
+        });
+    }
+    Ok(())
+}
+
+/// A new transaction is valid, pending, at revision 1.
+pub(crate) fn check_new_transaction(transaction: &TransactionRecord) -> Result<(), StoreError> {
+    transaction.validate()?;
+    if transaction.revision != 1 || transaction.state != TransactionState::Pending {
+        return Err(StoreError::Invalid {
+            field: "transaction revision",
+            detail: "a new transaction is pending at revision 1".into(),
+        });
+    }
+    Ok(())
+}
+
+/// A new pairing is valid, created, at revision 1.
+pub(crate) fn check_new_pairing(pairing: &PairingRecord) -> Result<(), StoreError> {
+    pairing.validate()?;
+    if pairing.revision != 1 || pairing.state != PairingState::Created {
+        return Err(StoreError::Invalid {
+            field: "pairing revision",
+            detail: "a new pairing is created at revision 1".into(),
+        });
+    }
+    Ok(())
+}
+
+/// The approval an approving transaction record must carry.
+pub(crate) fn transaction_approval(
+    transaction: &TransactionRecord,
+) -> Result<&TransactionApproval, StoreError> {
+    transaction.validate()?;
+    transaction.approval.as_ref().ok_or(StoreError::Invalid {
+        field: "transaction approval",
+        detail: "an approval must carry it".into(),
+    })
+}
+
+/// The approval an approving pairing record must carry, in state approved.
+pub(crate) fn pairing_approval(pairing: &PairingRecord) -> Result<&PairingApproval, StoreError> {
+    pairing.validate()?;
+    pairing
+        .approval
+        .as_ref()
+        .filter(|_| pairing.state == PairingState::Approved)
+        .ok_or(StoreError::Invalid {
+            field: "pairing approval",
+            detail: "an approval must carry it, in state approved".into(),
+        })
+}
+
 // ---- validation (shared by every backend, so the limits are one rule) ----
 
 fn check_len(field: &'static str, len: usize, min: usize, max: usize) -> Result<(), StoreError> {

@@ -39,9 +39,10 @@ use super::pg_tls::MakeRustlsConnect;
 use super::{
     AUDIT_GENESIS_PREV_HASH, AuditBuilder, AuditEntry, CatalogInfo, Checkpoint, CredentialRecord,
     DeviceId, DeviceRecord, MetadataEntry, MetadataStatus, OneTime, PairingId, PairingRecord,
-    PairingState, Revised, Store, StoreError, TransactionId, TransactionRecord, TransactionState,
-    User, advance_counter, bounded_text, check_catalog, check_credential_id, check_flag_reason,
-    check_one_time, check_swap, decode_record, encode_record, hex,
+    Revised, Store, StoreError, TransactionId, TransactionRecord, User, advance_counter,
+    bounded_text, check_binding, check_catalog, check_credential_id, check_flag_reason,
+    check_new_device, check_new_pairing, check_new_transaction, check_one_time, check_swap,
+    decode_record, encode_record, hex, pairing_approval, transaction_approval,
 };
 
 /// The schema version this build reads and writes (the highest migration).
@@ -730,67 +731,27 @@ fn read_back(tx: &mut Transaction<'_>) -> Result<Tally, StoreError> {
         }
         Ok(())
     }
+    /// Every `(id, record)` of `table`, decoded as `T` and wrapped as an item.
+    fn records<T: serde::de::DeserializeOwned>(
+        tx: &mut Transaction<'_>,
+        table: &'static str,
+        wrap: fn(T) -> Item,
+        tally: &mut Tally,
+    ) -> Result<(), StoreError> {
+        let sql = format!("SELECT id, record FROM {table}");
+        rows(
+            tx,
+            &sql,
+            |r| Ok(wrap(decode_record(table, r.get(0), r.get::<_, &[u8]>(1))?)),
+            tally,
+        )
+    }
     let mut t = Tally::default();
-    rows(
-        tx,
-        "SELECT id, record FROM users",
-        |r| {
-            Ok(Item::User(decode_record(
-                "users",
-                r.get(0),
-                r.get::<_, &[u8]>(1),
-            )?))
-        },
-        &mut t,
-    )?;
-    rows(
-        tx,
-        "SELECT id, record FROM credentials",
-        |r| {
-            Ok(Item::Credential(decode_record(
-                "credentials",
-                r.get(0),
-                r.get::<_, &[u8]>(1),
-            )?))
-        },
-        &mut t,
-    )?;
-    rows(
-        tx,
-        "SELECT id, record FROM devices",
-        |r| {
-            Ok(Item::Device(decode_record(
-                "devices",
-                r.get(0),
-                r.get::<_, &[u8]>(1),
-            )?))
-        },
-        &mut t,
-    )?;
-    rows(
-        tx,
-        "SELECT id, record FROM transactions",
-        |r| {
-            Ok(Item::Transaction(decode_record(
-                "transactions",
-                r.get(0),
-                r.get::<_, &[u8]>(1),
-            )?))
-        },
-        &mut t,
-    )?;
-    rows(
-        tx,
-        "SELECT id, record FROM pairings",
-        |r| {
-            Ok(Item::Pairing(decode_record(
-                "pairings",
-                r.get(0),
-                r.get::<_, &[u8]>(1),
-            )?))
-        },
-        &mut t,
-    )?;
+    records(tx, "users", Item::User, &mut t)?;
+    records(tx, "credentials", Item::Credential, &mut t)?;
+    records(tx, "devices", Item::Device, &mut t)?;
+    records(tx, "transactions", Item::Transaction, &mut t)?;
+    records(tx, "pairings", Item::Pairing, &mut t)?;
     rows(
         tx,
         "SELECT kind, id, state, expires_ms, purge_ms, spent_ms, body FROM one_time",
@@ -1018,13 +979,7 @@ impl Store for PgStore {
     }
 
     fn insert_device(&self, device: &DeviceRecord) -> Result<(), StoreError> {
-        device.validate()?;
-        if device.revision != 1 {
-            return Err(StoreError::Invalid {
-                field: "device revision",
-                detail: "a new device starts at revision 1".into(),
-            });
-        }
+        check_new_device(device)?;
         self.insert_revised(device, "device id")
     }
 
@@ -1043,15 +998,7 @@ impl Store for PgStore {
         user: &User,
         credential: &CredentialRecord,
     ) -> Result<(), StoreError> {
-        device.validate()?;
-        user.validate()?;
-        credential.validate()?;
-        if credential.user_id != user.id {
-            return Err(StoreError::Invalid {
-                field: "credential user id",
-                detail: "is not the user's".into(),
-            });
-        }
+        check_binding(device, user, credential)?;
         let device_value = encode_record(device)?;
         let user_value = encode_record(user)?;
         self.in_tx(|tx| {
@@ -1102,13 +1049,7 @@ impl Store for PgStore {
     }
 
     fn insert_transaction(&self, transaction: &TransactionRecord) -> Result<(), StoreError> {
-        transaction.validate()?;
-        if transaction.revision != 1 || transaction.state != TransactionState::Pending {
-            return Err(StoreError::Invalid {
-                field: "transaction revision",
-                detail: "a new transaction is pending at revision 1".into(),
-            });
-        }
+        check_new_transaction(transaction)?;
         self.insert_revised(transaction, "transaction id")
     }
 
@@ -1127,13 +1068,7 @@ impl Store for PgStore {
         new_sign_count: u32,
         backup_state: bool,
     ) -> Result<(), StoreError> {
-        transaction.validate()?;
-        let Some(approval) = &transaction.approval else {
-            return Err(StoreError::Invalid {
-                field: "transaction approval",
-                detail: "an approval must carry it".into(),
-            });
-        };
+        let approval = transaction_approval(transaction)?;
         self.swap_with_counter(
             transaction,
             &approval.credential_id,
@@ -1142,13 +1077,7 @@ impl Store for PgStore {
     }
 
     fn insert_pairing(&self, pairing: &PairingRecord) -> Result<(), StoreError> {
-        pairing.validate()?;
-        if pairing.revision != 1 || pairing.state != PairingState::Created {
-            return Err(StoreError::Invalid {
-                field: "pairing revision",
-                detail: "a new pairing is created at revision 1".into(),
-            });
-        }
+        check_new_pairing(pairing)?;
         self.insert_revised(pairing, "pairing id")
     }
 
@@ -1167,17 +1096,7 @@ impl Store for PgStore {
         new_sign_count: u32,
         backup_state: bool,
     ) -> Result<(), StoreError> {
-        pairing.validate()?;
-        let Some(approval) = pairing
-            .approval
-            .as_ref()
-            .filter(|_| pairing.state == PairingState::Approved)
-        else {
-            return Err(StoreError::Invalid {
-                field: "pairing approval",
-                detail: "an approval must carry it, in state approved".into(),
-            });
-        };
+        let approval = pairing_approval(pairing)?;
         self.swap_with_counter(
             pairing,
             &approval.credential_id,

@@ -54,9 +54,10 @@ use super::copy::{Item, OneTimeRow, OneTimeState, Visit};
 use super::{
     AUDIT_GENESIS_PREV_HASH, AuditBuilder, AuditEntry, CatalogInfo, Checkpoint, CredentialRecord,
     DeviceId, DeviceRecord, GroupCommit, MetadataEntry, MetadataStatus, OneTime, PairingId,
-    PairingRecord, Revised, Store, StoreError, TransactionId, TransactionRecord, TransactionState,
-    User, advance_counter, bounded_text, check_catalog, check_credential_id, check_flag_reason,
-    check_one_time, check_swap, decode_record, encode_record, hex,
+    PairingRecord, Revised, Store, StoreError, TransactionId, TransactionRecord, User,
+    advance_counter, bounded_text, check_binding, check_catalog, check_credential_id,
+    check_flag_reason, check_new_device, check_new_pairing, check_new_transaction, check_one_time,
+    check_swap, decode_record, encode_record, hex, pairing_approval, transaction_approval,
 };
 
 /// Tree names, public so tests (and forensic tools) can reach the raw data.
@@ -991,13 +992,7 @@ impl Store for SledStore {
     }
 
     fn insert_device(&self, device: &DeviceRecord) -> Result<(), StoreError> {
-        device.validate()?;
-        if device.revision != 1 {
-            return Err(StoreError::Invalid {
-                field: "device revision",
-                detail: "a new device starts at revision 1".into(),
-            });
-        }
+        check_new_device(device)?;
         let value = encode_record(device)?;
         self.devices
             .compare_and_swap(device.id, None as Option<&[u8]>, Some(value))?
@@ -1029,15 +1024,7 @@ impl Store for SledStore {
         user: &User,
         credential: &CredentialRecord,
     ) -> Result<(), StoreError> {
-        device.validate()?;
-        user.validate()?;
-        credential.validate()?;
-        if credential.user_id != user.id {
-            return Err(StoreError::Invalid {
-                field: "credential user id",
-                detail: "is not the user's".into(),
-            });
-        }
+        check_binding(device, user, credential)?;
         let device_value = encode_record(device)?;
         let user_value = encode_record(user)?;
         let credential_value = encode_record(credential)?;
@@ -1108,13 +1095,7 @@ impl Store for SledStore {
     }
 
     fn insert_transaction(&self, transaction: &TransactionRecord) -> Result<(), StoreError> {
-        transaction.validate()?;
-        if transaction.revision != 1 || transaction.state != TransactionState::Pending {
-            return Err(StoreError::Invalid {
-                field: "transaction revision",
-                detail: "a new transaction is pending at revision 1".into(),
-            });
-        }
+        check_new_transaction(transaction)?;
         let value = encode_record(transaction)?;
         self.transactions
             .compare_and_swap(transaction.id, None as Option<&[u8]>, Some(value))?
@@ -1148,13 +1129,7 @@ impl Store for SledStore {
         new_sign_count: u32,
         backup_state: bool,
     ) -> Result<(), StoreError> {
-        transaction.validate()?;
-        let Some(approval) = &transaction.approval else {
-            return Err(StoreError::Invalid {
-                field: "transaction approval",
-                detail: "an approval must carry it".into(),
-            });
-        };
+        let approval = transaction_approval(transaction)?;
         self.swap_with_counter(
             &self.transactions,
             transaction,
@@ -1164,13 +1139,7 @@ impl Store for SledStore {
     }
 
     fn insert_pairing(&self, pairing: &PairingRecord) -> Result<(), StoreError> {
-        pairing.validate()?;
-        if pairing.revision != 1 || pairing.state != super::PairingState::Created {
-            return Err(StoreError::Invalid {
-                field: "pairing revision",
-                detail: "a new pairing is created at revision 1".into(),
-            });
-        }
+        check_new_pairing(pairing)?;
         let value = encode_record(pairing)?;
         self.pairings
             .compare_and_swap(pairing.id, None as Option<&[u8]>, Some(value))?
@@ -1202,17 +1171,7 @@ impl Store for SledStore {
         new_sign_count: u32,
         backup_state: bool,
     ) -> Result<(), StoreError> {
-        pairing.validate()?;
-        let Some(approval) = pairing
-            .approval
-            .as_ref()
-            .filter(|_| pairing.state == super::PairingState::Approved)
-        else {
-            return Err(StoreError::Invalid {
-                field: "pairing approval",
-                detail: "an approval must carry it, in state approved".into(),
-            });
-        };
+        let approval = pairing_approval(pairing)?;
         self.swap_with_counter(
             &self.pairings,
             pairing,

@@ -3748,3 +3748,53 @@ fn postgres_two_instances_share_one_chain_and_one_consumption() {
         })
     ));
 }
+
+/// A database that drops signet's connections (a failover, a restart) costs
+/// no request: the pool checks each connection before use and opens a new
+/// one. A database that accepts none is `Unavailable` (503
+/// store-unavailable at the API) after the connection wait, and the store
+/// works again once it accepts them.
+#[test]
+fn postgres_connections_lost_or_refused() {
+    let db = common::postgres::TestDb::new();
+    let mut options = common::pg_store::options(&db);
+    options.connect_timeout = std::time::Duration::from_secs(1);
+    PgStore::migrate(&options, 1).unwrap();
+    let store = PgStore::connect(&options).unwrap();
+    store.put_user(&suite::user(b"before", "before")).unwrap();
+    // Run from the `postgres` database: this one may refuse connections.
+    let admin = |sql: &str| {
+        let out = db.run_psql(&db.conninfo_for("postgres", "verify-full"), sql);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let drop_all = format!(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '{}'",
+        db.name
+    );
+    assert_ne!(admin(&drop_all), "0\n", "signet held no connection to drop");
+    store.put_user(&suite::user(b"after", "after")).unwrap();
+    assert!(store.user_by_id(b"before").unwrap().is_some());
+
+    admin(&format!(
+        "ALTER DATABASE {} ALLOW_CONNECTIONS false",
+        db.name
+    ));
+    admin(&drop_all);
+    let started = std::time::Instant::now();
+    let refused = store.user_by_id(b"after");
+    assert!(
+        matches!(refused, Err(StoreError::Unavailable { .. })),
+        "{refused:?}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    admin(&format!(
+        "ALTER DATABASE {} ALLOW_CONNECTIONS true",
+        db.name
+    ));
+    assert!(store.user_by_id(b"after").unwrap().is_some());
+}

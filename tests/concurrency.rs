@@ -23,13 +23,12 @@ use std::time::Instant;
 
 use serde_json::{Value, json};
 use signet::testkit::device::SoftDevice;
-use signet::testkit::{Attestation, browser};
 
 use common::load::{
     self, Api, DESKTOP, PHONE, Pinned, Request, assertion, open_token, seal_registration,
 };
 use common::race::race;
-use common::server::{ORIGIN, SignetServer};
+use common::server::SignetServer;
 
 /// Attempts per one-time thing.
 const ATTEMPTS: usize = 1000;
@@ -44,12 +43,6 @@ fn audited(entries: &[Value], event: &str, subject: &str) -> usize {
         .iter()
         .filter(|e| e["event"]["event"] == event && e["event"]["subject"] == subject)
         .count()
-}
-
-fn ok(api: &Api, path: &str, body: &Value, want: u16) -> Value {
-    let (status, answer) = api.post(path, body).expect("request");
-    assert_eq!(status, want, "{path}: {answer}");
-    answer
 }
 
 /// The passkey's stored counter, as `GET /v1/users/{id}/credentials` lists it.
@@ -97,20 +90,7 @@ fn a_thousand_concurrent_attempts_consume_each_one_time_thing_once() {
     };
 
     // One passkey, registered over the API.
-    let options = ok(
-        &api,
-        "/v1/registrations/options",
-        &json!({"user": {"name": "racer"}}),
-        200,
-    );
-    let (mut auth, credential) =
-        browser::create(&options["publicKey"], ORIGIN, &Attestation::None).expect("create");
-    let registered = ok(
-        &api,
-        "/v1/registrations/verify",
-        &json!({"ceremonyId": options["ceremonyId"], "credential": credential}),
-        200,
-    );
+    let (mut auth, registered) = load::register(&api, &api, "racer");
     let user_id = registered["userId"].as_str().expect("userId").to_string();
     let cred_id = registered["credentialId"]
         .as_str()
@@ -120,8 +100,7 @@ fn a_thousand_concurrent_attempts_consume_each_one_time_thing_once() {
 
     // 1. One challenge: an authentication ceremony answered by 1000
     // assertions, each with a higher counter than the last.
-    let options = ok(
-        &api,
+    let options = api.expect(
         "/v1/authentications/options",
         &json!({"user": {"name": "racer"}}),
         200,
@@ -158,16 +137,14 @@ fn a_thousand_concurrent_attempts_consume_each_one_time_thing_once() {
     // passkey, all for the token of one verified device.
     let pinned = Pinned::fetch(&api);
     let dev = SoftDevice::generate();
-    let enrolled = ok(
-        &api,
+    let enrolled = api.expect(
         "/v1/devices",
         &dev.enrollment("racer-device", json!({"os": "android"})),
         201,
     );
     let device_id = enrolled["deviceId"].as_str().expect("deviceId").to_string();
     let device = format!("/v1/devices/{device_id}");
-    let token = ok(
-        &api,
+    let token = api.expect(
         &format!("{device}/verification"),
         &json!({"outcome": "verified"}),
         200,
@@ -227,8 +204,7 @@ fn a_thousand_concurrent_attempts_consume_each_one_time_thing_once() {
 
     // 3. One transaction: 1000 assertions over its challenge.
     let first = u64::from(auth.sign_count);
-    let tx = ok(
-        &api,
+    let tx = api.expect(
         "/v1/transactions",
         &load::payment("racer", "250.00", "RACE-1"),
         201,
@@ -262,8 +238,7 @@ fn a_thousand_concurrent_attempts_consume_each_one_time_thing_once() {
 
     // 3b. Another transaction, its one answer sent 1000 times at once (a
     // replay storm rather than 1000 answers).
-    let tx = ok(
-        &api,
+    let tx = api.expect(
         "/v1/transactions",
         &load::payment("racer", "75.00", "RACE-2"),
         201,
@@ -293,8 +268,7 @@ fn a_thousand_concurrent_attempts_consume_each_one_time_thing_once() {
     // 3c. A third, its 1000 answers sent highest counter first, so the
     // answer that wins tends to carry a higher counter than those still
     // being checked when it commits.
-    let tx = ok(
-        &api,
+    let tx = api.expect(
         "/v1/transactions",
         &load::payment("racer", "12.00", "RACE-3"),
         201,
@@ -328,7 +302,7 @@ fn a_thousand_concurrent_attempts_consume_each_one_time_thing_once() {
 
     // 4. One pairing: 1000 phones claim it with the code from its QR
     // payload, then (approved by the winner) 1000 desktops take the login.
-    let created = ok(&api, "/v1/pairings", &load::pairing("racer"), 201);
+    let created = api.expect("/v1/pairings", &load::pairing("racer"), 201);
     let pairing_id = created["pairingId"].as_str().expect("pairingId");
     let desktop = created["desktopSecret"].as_str().expect("desktopSecret");
     let code = load::qr_code(&created);
@@ -349,10 +323,9 @@ fn a_thousand_concurrent_attempts_consume_each_one_time_thing_once() {
         Some((_, won)) => (won.clone(), desktop.to_string()),
         None => {
             // Go on with a pairing of its own, so the consume race runs.
-            let created = ok(&api, "/v1/pairings", &load::pairing("racer"), 201);
+            let created = api.expect("/v1/pairings", &load::pairing("racer"), 201);
             let id = created["pairingId"].as_str().expect("pairingId");
-            let claimed = ok(
-                &api,
+            let claimed = api.expect(
                 &format!("/v1/pairings/{id}/claim"),
                 &json!({"code": load::qr_code(&created)}),
                 200,

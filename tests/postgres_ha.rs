@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use signet::testkit::{Attestation, SoftAuthenticator, browser};
+use signet::testkit::{Attestation, browser};
 
 use common::load::{self, Api, Request, assertion, slug};
 use common::postgres::TestDb;
@@ -30,31 +30,6 @@ use common::server::{ORIGIN, SignetServer};
 /// Limits far above the attempts, so none is refused before its flow.
 const LIMITS: &str =
     "[limits]\nrate_per_second = 1000000\nburst = 10000000\nmax_in_flight = 100000\n";
-
-fn ok(api: &Api, path: &str, body: &Value, want: u16) -> Value {
-    let (status, answer) = api.post(path, body).expect("request");
-    assert_eq!(status, want, "{path}: {answer}");
-    answer
-}
-
-/// Registration options from `start`, the credential verified by `finish`.
-fn register(start: &Api, finish: &Api, name: &str) -> (SoftAuthenticator, Value) {
-    let options = ok(
-        start,
-        "/v1/registrations/options",
-        &json!({"user": {"name": name}}),
-        200,
-    );
-    let (auth, credential) =
-        browser::create(&options["publicKey"], ORIGIN, &Attestation::None).expect("create");
-    let registered = ok(
-        finish,
-        "/v1/registrations/verify",
-        &json!({"ceremonyId": options["ceremonyId"], "credential": credential}),
-        200,
-    );
-    (auth, registered)
-}
 
 /// The two instances of one deployment, on a fresh database.
 fn pair(extra: &str) -> (TestDb, SignetServer, SignetServer) {
@@ -84,8 +59,7 @@ fn what_one_instance_starts_the_other_finishes() {
 
     // Registration: options on A, verified on B; the replay is refused on
     // either.
-    let options = ok(
-        &api_a,
+    let options = api_a.expect(
         "/v1/registrations/options",
         &json!({"user": {"name": "alice"}}),
         200,
@@ -93,7 +67,7 @@ fn what_one_instance_starts_the_other_finishes() {
     let (mut auth, credential) =
         browser::create(&options["publicKey"], ORIGIN, &Attestation::None).expect("create");
     let verify = json!({"ceremonyId": options["ceremonyId"], "credential": credential});
-    let registered = ok(&api_b, "/v1/registrations/verify", &verify, 200);
+    let registered = api_b.expect("/v1/registrations/verify", &verify, 200);
     for api in [&api_a, &api_b] {
         let (status, answer) = api
             .post("/v1/registrations/verify", &verify)
@@ -107,8 +81,7 @@ fn what_one_instance_starts_the_other_finishes() {
     let user_id = registered["userId"].as_str().expect("userId");
 
     // Login: options on B, verified on A.
-    let options = ok(
-        &api_b,
+    let options = api_b.expect(
         "/v1/authentications/options",
         &json!({"user": {"name": "alice"}}),
         200,
@@ -117,7 +90,7 @@ fn what_one_instance_starts_the_other_finishes() {
         "ceremonyId": options["ceremonyId"],
         "credential": assertion(&mut auth, &options["publicKey"]),
     });
-    let verified = ok(&api_a, "/v1/authentications/verify", &login, 200);
+    let verified = api_a.expect("/v1/authentications/verify", &login, 200);
     assert_eq!(verified["userId"], user_id);
     let (status, answer) = api_b
         .post("/v1/authentications/verify", &login)
@@ -130,15 +103,13 @@ fn what_one_instance_starts_the_other_finishes() {
 
     // A payment created on A, approved on B; the receipt B signed is the
     // one A serves, and it verifies with the countersign key either serves.
-    let tx = ok(
-        &api_a,
+    let tx = api_a.expect(
         "/v1/transactions",
         &load::payment("alice", "99.00", "HA-1"),
         201,
     );
     let tx_id = tx["transactionId"].as_str().expect("transactionId");
-    let approved = ok(
-        &api_b,
+    let approved = api_b.expect(
         &format!("/v1/transactions/{tx_id}/approval"),
         &json!({"credential": assertion(&mut auth, &tx["publicKey"])}),
         200,
@@ -155,8 +126,7 @@ fn what_one_instance_starts_the_other_finishes() {
     // The counter is the database's: an assertion with the counter B just
     // stored is refused by A.
     auth.sign_count -= 1;
-    let options = ok(
-        &api_a,
+    let options = api_a.expect(
         "/v1/authentications/options",
         &json!({"user": {"name": "alice"}}),
         200,
@@ -200,13 +170,12 @@ fn a_thousand_attempts_across_both_instances_succeed_once() {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let (mut auth, registered) = register(&api, &Api::new(&b, "rp"), "racer");
+    let (mut auth, registered) = load::register(&api, &Api::new(&b, "rp"), "racer");
     let user_id = registered["userId"].as_str().expect("userId");
     let warm = format!("/v1/users/{user_id}/credentials");
 
     // One challenge, 1000 assertions, alternating between the instances.
-    let options = ok(
-        &api,
+    let options = api.expect(
         "/v1/authentications/options",
         &json!({"user": {"name": "racer"}}),
         200,
@@ -229,8 +198,7 @@ fn a_thousand_attempts_across_both_instances_succeed_once() {
     assert!(line.is_ok(), "{line:?}");
 
     // One transaction, 1000 answers, alternating.
-    let tx = ok(
-        &api,
+    let tx = api.expect(
         "/v1/transactions",
         &load::payment("racer", "250.00", "HA-RACE"),
         201,

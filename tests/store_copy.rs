@@ -15,17 +15,10 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 use signet::store::PgStore;
-use signet::testkit::{Attestation, browser};
 
 use common::load::{self, Api, assertion, slug};
 use common::postgres::TestDb;
-use common::server::{ORIGIN, SignetServer, signet_bin, store_postgres};
-
-fn ok(api: &Api, path: &str, body: &Value, want: u16) -> Value {
-    let (status, answer) = api.post(path, body).expect("request");
-    assert_eq!(status, want, "{path}: {answer}");
-    answer
-}
+use common::server::{SignetServer, signet_bin, store_postgres};
 
 fn copy(from: &str, db: &TestDb, extra: &[&str]) -> std::process::Output {
     Command::new(signet_bin())
@@ -45,22 +38,8 @@ fn copy(from: &str, db: &TestDb, extra: &[&str]) -> std::process::Output {
 fn a_sled_appliance_moves_to_postgres_and_carries_on() {
     let mut server = SignetServer::start();
     let api = Api::new(&server, "rp");
-    let options = ok(
-        &api,
-        "/v1/registrations/options",
-        &json!({"user": {"name": "mover"}}),
-        200,
-    );
-    let (mut auth, credential) =
-        browser::create(&options["publicKey"], ORIGIN, &Attestation::None).expect("create");
-    let registered = ok(
-        &api,
-        "/v1/registrations/verify",
-        &json!({"ceremonyId": options["ceremonyId"], "credential": credential}),
-        200,
-    );
-    let login_options = ok(
-        &api,
+    let (mut auth, registered) = load::register(&api, &api, "mover");
+    let login_options = api.expect(
         "/v1/authentications/options",
         &json!({"user": {"name": "mover"}}),
         200,
@@ -69,9 +48,8 @@ fn a_sled_appliance_moves_to_postgres_and_carries_on() {
         "ceremonyId": login_options["ceremonyId"],
         "credential": assertion(&mut auth, &login_options["publicKey"]),
     });
-    ok(&api, "/v1/authentications/verify", &spent, 200);
-    let tx = ok(
-        &api,
+    api.expect("/v1/authentications/verify", &spent, 200);
+    let tx = api.expect(
         "/v1/transactions",
         &load::payment("mover", "42.00", "COPY-1"),
         201,
@@ -80,15 +58,13 @@ fn a_sled_appliance_moves_to_postgres_and_carries_on() {
         .as_str()
         .expect("transactionId")
         .to_string();
-    let approved = ok(
-        &api,
+    let approved = api.expect(
         &format!("/v1/transactions/{tx_id}/approval"),
         &json!({"credential": assertion(&mut auth, &tx["publicKey"])}),
         200,
     );
     // A live ceremony too: it must still be usable after the move.
-    let pending = ok(
-        &api,
+    let pending = api.expect(
         "/v1/authentications/options",
         &json!({"user": {"name": "mover"}}),
         200,
@@ -160,7 +136,7 @@ fn a_sled_appliance_moves_to_postgres_and_carries_on() {
         "ceremonyId": pending["ceremonyId"],
         "credential": assertion(&mut auth, &pending["publicKey"]),
     });
-    let verified = ok(&api, "/v1/authentications/verify", &login, 200);
+    let verified = api.expect("/v1/authentications/verify", &login, 200);
     assert_eq!(verified["userId"], registered["userId"]);
     let (status, receipt) = api
         .get(&format!("/v1/transactions/{tx_id}/receipt"))

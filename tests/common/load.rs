@@ -118,6 +118,13 @@ impl Api {
         self.get_with(path, &[])
     }
 
+    /// POSTs `body` and returns the answer, which must have status `want`.
+    pub fn expect(&self, path: &str, body: &Value, want: u16) -> Value {
+        let (status, answer) = self.post(path, body).expect("request");
+        assert_eq!(status, want, "{path}: {answer}");
+        answer
+    }
+
     pub fn get_with(
         &self,
         path: &str,
@@ -374,6 +381,30 @@ pub fn audit_entries(auditor: &Api) -> Vec<Value> {
             None => return out,
         }
     }
+}
+
+/// A passkey (attestation none) for `name`: registration options asked of
+/// `start`, the credential verified by `finish` (the same server, or
+/// another instance of the deployment). The authenticator, and the verify
+/// answer.
+pub fn register(start: &Api, finish: &Api, name: &str) -> (SoftAuthenticator, Value) {
+    let options = start.expect(
+        "/v1/registrations/options",
+        &json!({"user": {"name": name}}),
+        200,
+    );
+    let (auth, credential) = signet::testkit::browser::create(
+        &options["publicKey"],
+        ORIGIN,
+        &signet::testkit::Attestation::None,
+    )
+    .expect("create");
+    let registered = finish.expect(
+        "/v1/registrations/verify",
+        &json!({"ceremonyId": options["ceremonyId"], "credential": credential}),
+        200,
+    );
+    (auth, registered)
 }
 
 /// A small deterministic generator (xorshift64*), seeded and printed by
